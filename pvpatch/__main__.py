@@ -1,0 +1,3 @@
+from pvpatch.cli import main
+
+main()

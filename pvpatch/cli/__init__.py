@@ -1,0 +1,61 @@
+"""The ``pvpatch`` command line: a thin shell over the library.
+
+Each command lives in its own module here and only parses options, calls the library and hands
+the result to a renderer. Exit status: 0 fine, 1 a check failed, 2 usage or input error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pvpatch import __version__
+from pvpatch.errors import InputError, UsageError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
+
+
+class PvpatchGroup(click.Group):
+    """Turns InputError/UsageError into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (InputError, UsageError) as e:
+            click.echo(f"pvpatch: error: {e}", err=True)
+            ctx.exit(EXIT_INPUT)
+        except BrokenPipeError:  # `pvpatch inspect … | head`
+            sys.stderr.close()
+            ctx.exit(EXIT_OK)
+
+
+@click.group(cls=PvpatchGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                                 "max_content_width": 100})
+@click.version_option(__version__, prog_name="pvpatch")
+def cli() -> None:
+    """Read, check and offline-patch the paravirt call sites of an x86 Linux kernel.
+
+    \b
+    Typical use:
+      pvpatch inspect vmlinux                 what pv sites the kernel has, per op
+      pvpatch inspect vmlinux --sites --op irq.save_fl
+      pvpatch notes vmlinux --check           would Xen's domain builder load it?
+
+    Every command takes --json for machine-readable output (schemas in docs/).
+    Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input.
+    """
+
+
+def _register() -> None:
+    from pvpatch.cli import inspect_cmd, notes_cmd
+
+    cli.add_command(inspect_cmd.inspect)
+    cli.add_command(notes_cmd.notes)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="pvpatch")

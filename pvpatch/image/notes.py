@@ -1,0 +1,73 @@
+"""Walk ELF note areas (PT_NOTE segments and SHT_NOTE sections).
+
+Notes are found the way Xen's libelf finds them: every PT_NOTE segment first, and SHT_NOTE
+sections only when the segments held none of the wanted notes (the caller decides that).
+Name and descriptor sizes are rounded up to 4 bytes in both ELF classes, as Linux writes them
+and libelf reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pvpatch.image import layouts as L
+from pvpatch.image.elf import ElfImage
+
+MAX_NOTES = 65536  # libelf's ELF_MAX_TOTAL_NOTE_COUNT: bound any walk
+
+
+@dataclass(frozen=True)
+class Note:
+    name: str
+    type: int
+    desc: bytes
+    offset: int  # file offset of the note header
+    area: str  # e.g. "PT_NOTE[2]" or "section .notes"
+    padded_desc: bytes = b""  # descriptor plus its alignment padding (libelf reads strings here)
+
+
+@dataclass(frozen=True)
+class NoteArea:
+    label: str
+    offset: int
+    size: int
+
+
+def note_areas(image: ElfImage, kind: str) -> list[NoteArea]:
+    """The PT_NOTE segments (``kind="segments"``) or SHT_NOTE sections (``"sections"``)."""
+    if kind == "segments":
+        return [NoteArea(f"PT_NOTE[{p.index}]", p.offset, p.filesz) for p in image.segments
+                if p.type == L.PT_NOTE and p.offset != 0 and p.filesz]
+    return [NoteArea(f"section {s.name}", s.offset, s.size) for s in image.sections
+            if s.type == L.SHT_NOTE and s.size]
+
+
+def iter_notes(image: ElfImage, area: NoteArea, problems: list[str] | None = None
+               ) -> Iterator[Note]:
+    """Yield the notes of one area; malformed tails are reported in ``problems`` and end it."""
+    data = image.data
+    pos, end = area.offset, min(area.offset + area.size, image.size)
+    count = 0
+    while pos + L.NOTE_HEADER.size <= end and count < MAX_NOTES:
+        h = L.NOTE_HEADER.unpack(data, pos)
+        name_at = pos + L.NOTE_HEADER.size
+        desc_at = name_at + _round4(h["n_namesz"])
+        nxt = desc_at + _round4(h["n_descsz"])
+        if nxt > end or nxt <= pos:
+            if problems is not None:
+                problems.append(f"{area.label}: note at file offset {pos:#x} claims "
+                                f"name {h['n_namesz']} + desc {h['n_descsz']} bytes, past the "
+                                f"end of the area ({end:#x})")
+            return
+        raw_name = bytes(data[name_at:name_at + h["n_namesz"]])
+        name = raw_name.split(b"\0", 1)[0].decode("latin-1")
+        desc = bytes(data[desc_at:desc_at + h["n_descsz"]])
+        padded = bytes(data[desc_at:nxt])
+        yield Note(name, h["n_type"], desc, pos, area.label, padded)
+        pos = nxt
+        count += 1
+
+
+def _round4(n: int) -> int:
+    return (n + 3) & ~3

@@ -1,0 +1,60 @@
+"""Shared test helpers: build fixtures from assembly, find real kernels.
+
+Fixtures are assembled at test time from ``fixtures/*.S`` with GNU as/ld, so no binary blobs are
+committed and every fixture's bytes can be read in its source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+BUILD = FIXTURES / "build"
+CACHE = Path(os.environ.get("PVPATCH_CACHE", Path.home() / ".cache" / "pvpatch"))
+
+
+def assemble(source: str, bits: int = 64, *, ld_args: tuple[str, ...] = (),
+             defsyms: dict[str, int] | None = None, link: bool = True,
+             name: str | None = None) -> Path:
+    """Assemble (and link) ``fixtures/<source>`` for i386 or x86-64; cached by content.
+
+    ``defsyms`` become ``--defsym`` assembler options so one source yields several variants.
+    """
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("GNU as/ld not installed: cannot build assembly fixtures")
+    src = FIXTURES / source
+    args = [f"--{bits}"] + [f"--defsym={k}={v}" for k, v in sorted((defsyms or {}).items())]
+    key = hashlib.sha256(src.read_bytes() + repr((args, ld_args, link)).encode()).hexdigest()[:12]
+    BUILD.mkdir(parents=True, exist_ok=True)
+    out = BUILD / f"{name or src.stem}-{bits}-{key}{'' if link else '.o'}"
+    if out.exists():
+        return out
+    obj = out.with_suffix(".o.tmp")
+    subprocess.run(["as", *args, "-I", str(FIXTURES), "-o", str(obj), str(src)], check=True)
+    if link:
+        emul = "elf_i386" if bits == 32 else "elf_x86_64"
+        tmp = out.with_suffix(".tmp")
+        subprocess.run(["ld", "-m", emul, "-static", "--no-warn-rwx-segments", *ld_args,
+                        "-o", str(tmp), str(obj)], check=True)
+        tmp.rename(out)
+        obj.unlink()
+    else:
+        obj.rename(out)
+    return out
+
+
+def real_kernel(flavour: str = "cloud-amd64") -> Path:
+    """Path of a fetched Debian debug vmlinux, or skip loudly saying how to get one."""
+    kdir = CACHE / "kernels"
+    found = sorted(kdir.glob(f"vmlinux-*-{flavour}")) if kdir.is_dir() else []
+    if not found:
+        pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {flavour} debug vmlinux in {kdir} "
+                    "(run `make fetch` with access to Debian's package registry)")
+    return found[-1]
