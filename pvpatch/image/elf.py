@@ -7,6 +7,7 @@ size read from the file is checked against the file length before it is used.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from dataclasses import dataclass
@@ -95,10 +96,8 @@ class ElfImage:
             return
         self.__dict__.pop("symbols", None)
         self.data.release()
-        try:
+        with contextlib.suppress(BufferError):  # a caller still holds a slice; freed at exit
             self._map.close()
-        except BufferError:  # a caller still holds a slice; the OS reclaims it at exit
-            pass
         self._map = None
         self._fd.close()
 

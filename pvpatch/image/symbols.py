@@ -74,20 +74,31 @@ class SymbolTable:
         return Symbol(self._name(name_off), value, size, info & 0xF, info >> 4, shndx)
 
     @cached_property
-    def _by_name(self) -> dict[str, list[int]]:
-        index: dict[str, list[int]] = {}
-        find, strtab = self._strtab.find, self._strtab
+    def _by_name_off(self) -> dict[int, list[int]]:
+        index: dict[int, list[int]] = {}
         for i, (name_off, _v, _s, info, shndx) in enumerate(self._records):
-            if not name_off or shndx == L.SHN_UNDEF or (info & 0xF) in (L.STT_SECTION,
-                                                                         L.STT_FILE):
-                continue
-            end = find(b"\0", name_off)
-            index.setdefault(strtab[name_off:end].decode("latin-1"), []).append(i)
+            if name_off and shndx != L.SHN_UNDEF and (info & 0xF) not in (L.STT_SECTION,
+                                                                            L.STT_FILE):
+                index.setdefault(name_off, []).append(i)
         return index
+
+    def _indexes(self, name: str) -> list[int]:
+        """Records named ``name``: every place the string occurs in .strtab, then by offset.
+
+        Searching the string table (C speed) avoids decoding 100k+ names; a name stored as the
+        tail of a longer string is still found, since only its start offset matters.
+        """
+        needle = name.encode("latin-1") + b"\0"
+        found: list[int] = []
+        pos = self._strtab.find(needle)
+        while pos >= 0:
+            found.extend(self._by_name_off.get(pos, ()))
+            pos = self._strtab.find(needle, pos + 1)
+        return sorted(found)
 
     def lookup(self, name: str) -> list[Symbol]:
         """All defined symbols called ``name`` (locals may repeat across compile units)."""
-        return [self._symbol(i) for i in self._by_name.get(name, ())]
+        return [self._symbol(i) for i in self._indexes(name)]
 
     def get(self, name: str) -> Symbol | None:
         """The symbol called ``name``, preferring a global definition."""

@@ -1,0 +1,108 @@
+"""Backends: what each pv_ops slot holds, and which pv CPU features are set, when patching runs.
+
+A backend resolves every slot to a target with the reason it holds that value, read from the
+image itself (initialisers, Xen's op tables) plus the start-up rules of the kernel range in
+``pvpatch.backends.xen_rules``. Nothing here knows about bytes or sites.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.pvops import Slot
+
+
+@dataclass(frozen=True)
+class Resolution:
+    slot: Slot
+    value: int | None  # None: could not be determined
+    name: str | None  # symbol at value, "NULL", or None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A synthetic CPU feature bit that pv-related alternatives test (cpufeatures.h, 5.13+)."""
+
+    name: str
+    number: int  # word * 32 + bit
+    versions: str
+
+
+PV_FEATURES = (
+    Feature("X86_FEATURE_ALWAYS", 3 * 32 + 21, "3.x+"),
+    Feature("X86_FEATURE_XENPV", 8 * 32 + 16, "4.14+ (checked 6.1, 6.12)"),
+    Feature("X86_FEATURE_PVUNLOCK", 8 * 32 + 20, "5.13+"),
+    Feature("X86_FEATURE_VCPUPREEMPT", 8 * 32 + 21, "5.13+"),
+)
+FEATURE_BY_NAME = {f.name: f for f in PV_FEATURES}
+
+# paravirt_set_cap() (arch/x86/kernel/paravirt-spinlocks.c, 5.13+): a lock op that is not the
+# native callee-save thunk forces the feature, which turns off the native ALTERNATIVE.
+NATIVE_LOCK_THUNKS = {
+    "X86_FEATURE_PVUNLOCK": ("lock.queued_spin_unlock",
+                             "__raw_callee_save___native_queued_spin_unlock"),
+    "X86_FEATURE_VCPUPREEMPT": ("lock.vcpu_is_preempted",
+                                "__raw_callee_save___native_vcpu_is_preempted"),
+}
+
+
+@dataclass
+class Backend:
+    name: str
+    description: str
+    slots: dict[int, Resolution]
+    features: dict[int, bool] = field(default_factory=dict)  # feature number → set?
+    feature_reasons: dict[str, str] = field(default_factory=dict)
+
+    def resolution(self, slot_index: int) -> Resolution | None:
+        return self.slots.get(slot_index)
+
+    def has_feature(self, number: int) -> bool | None:
+        """True/False when the backend decides the bit, None when it depends on the CPU."""
+        return self.features.get(number)
+
+
+def initial_resolutions(model: KernelModel, reason: str) -> dict[int, Resolution]:
+    """Every slot as the image's pv_ops initialiser leaves it."""
+    from pvpatch.kernel.sites import describe_target
+
+    out = {}
+    for i, slot in model.pvops.slots.items():
+        value = model.pvops.initial_value(slot)
+        out[i] = Resolution(slot, value, describe_target(model.image, value), reason)
+    return out
+
+
+def decide_pv_features(model: KernelModel, backend: Backend, xenpv: bool) -> None:
+    """Set the pv feature bits exactly as the kernel does before apply_alternatives."""
+    backend.features[FEATURE_BY_NAME["X86_FEATURE_ALWAYS"].number] = True
+    backend.feature_reasons["X86_FEATURE_ALWAYS"] = "always set"
+    backend.features[FEATURE_BY_NAME["X86_FEATURE_XENPV"].number] = xenpv
+    backend.feature_reasons["X86_FEATURE_XENPV"] = (
+        "forced by xen_start_kernel" if xenpv else "only a Xen PV guest sets it")
+    for fname, (op, thunk) in NATIVE_LOCK_THUNKS.items():
+        slot = model.pvops.by_name(op)
+        res = backend.slots.get(slot.index) if slot else None
+        if res is None or res.value is None:
+            continue
+        native = model.image.symbols.address(thunk)
+        forced = res.value != native
+        backend.features[FEATURE_BY_NAME[fname].number] = forced
+        backend.feature_reasons[fname] = (
+            f"paravirt_set_cap: {op} is {res.name}, " +
+            ("not the native thunk: forced" if forced else "the native thunk: not set"))
+
+
+def load_backend(model: KernelModel, name: str, vcpus: int = 2) -> Backend:
+    from pvpatch.backends import native, xen
+
+    if name == "native":
+        return native.resolve(model)
+    if name == "xen":
+        return xen.resolve(model, vcpus)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+BACKENDS = ("native", "xen")

@@ -1,0 +1,62 @@
+"""The Xen PV backend: pv_ops as ``xen_start_kernel`` leaves it when patching runs."""
+
+from __future__ import annotations
+
+from pvpatch.backends import Backend, Resolution, decide_pv_features, initial_resolutions
+from pvpatch.backends.xen_rules import MemberCopy, XenRules, rules_for
+from pvpatch.errors import InputError
+from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import describe_target
+
+
+def resolve(model: KernelModel, vcpus: int) -> Backend:
+    v = model.version
+    rules = rules_for((v.major, v.minor) if v.major is not None else None)
+    if rules is None:
+        raise InputError(f"no Xen PV start-up rules for kernel {v.short} yet "
+                         "(known: 5.19–6.7)", model.image.path)
+    if model.image.symbols.get("xen_start_kernel") is None:
+        raise InputError("kernel built without Xen PV support (no xen_start_kernel)",
+                         model.image.path)
+    slots = initial_resolutions(model, "pv_ops initialiser (untouched by Xen)")
+    for copy in rules.copies:
+        _apply_copy(model, slots, copy)
+    _apply_assigns(model, slots, rules, vcpus)
+    backend = Backend("xen", f"Xen PV guest with {vcpus} vCPU(s); rules {rules.versions}",
+                      slots)
+    decide_pv_features(model, backend, xenpv=True)
+    return backend
+
+
+def _apply_copy(model: KernelModel, slots: dict[int, Resolution], copy: MemberCopy) -> None:
+    """Copy one member of a Xen op table; its layout matches pv_ops (typeof(pv_ops) or member)."""
+    image, pvops = model.image, model.pvops
+    table = image.symbols.get(copy.table)
+    member = pvops.layout.field(copy.member) if pvops.layout else None
+    if table is None or member is None:
+        raise InputError(f"cannot resolve the Xen backend: no {copy.table} symbol or no "
+                         f"pv_ops.{copy.member} member", image.path)
+    whole = pvops.layout.size
+    base = table.value if table.size == whole else table.value - member.offset
+    for i, res in slots.items():
+        off = res.slot.offset
+        if member.offset <= off < member.offset + member.size:
+            value = int.from_bytes(image.read(base + off, image.ptr_size), "little")
+            slots[i] = Resolution(res.slot, value, describe_target(image, value),
+                                  f"{copy.table}.{copy.member} copied by {copy.by}")
+
+
+def _apply_assigns(model: KernelModel, slots: dict[int, Resolution], rules: XenRules,
+                   vcpus: int) -> None:
+    for a in rules.assigns:
+        if a.when == "vcpus>1" and vcpus <= 1:
+            continue
+        slot = model.pvops.by_name(a.slot)
+        if slot is None:
+            continue  # the op does not exist in this build
+        sym = model.image.symbols.get(a.target)
+        if sym is None:
+            slots[slot.index] = Resolution(slot, None, None,
+                                           f"{a.by} assigns {a.target}, not in this image")
+            continue
+        slots[slot.index] = Resolution(slot, sym.value, a.target, a.by)

@@ -1,0 +1,91 @@
+"""``pvpatch apply``: write the kernel as it looks after patching itself at boot."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pvpatch.backends import BACKENDS, load_backend
+from pvpatch.errors import UsageError
+from pvpatch.kernel.alternatives import read_alternatives
+from pvpatch.kernel.model import KernelModel
+from pvpatch.patch.nops import default_nops
+from pvpatch.patch.plan import plan
+from pvpatch.patch.writer import file_pokes, write_patched
+from pvpatch.render.apply import plan_dict, render_sites, render_summary
+
+
+def progress(message: str) -> None:
+    """Say what a long step is doing, only when a person is watching stderr."""
+    if sys.stderr.isatty():
+        click.echo(f"pvpatch: {message}", err=True)
+
+
+@click.command()
+@click.argument("vmlinux", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="OUT", help="Where to write the patched ELF.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="native", show_default=True,
+              help="Whose boot to reproduce: bare metal, or a Xen PV guest.")
+@click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
+              help="Xen: vCPUs the guest boots with (with 1 the kernel keeps native spinlocks).")
+@click.option("--dry-run", is_flag=True, help="Plan and report, write nothing.")
+@click.option("--in-place", is_flag=True, help="Replace VMLINUX itself (atomically).")
+@click.option("--report", "report_path", metavar="FILE.json",
+              help="Also write the full JSON report to FILE.json.")
+@click.option("--sites", "list_sites", is_flag=True, help="List every site: before → after.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report (docs/apply.md).")
+@click.option("--check", is_flag=True,
+              help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
+                   "violation, replacement too long).")
+def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
+          in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
+          check: bool) -> None:
+    """Rewrite the paravirt call sites of VMLINUX exactly as the kernel does at boot.
+
+    Each indirect `call *pv_ops+N(%rip)` becomes what the running kernel holds after
+    apply_paravirt() and apply_alternatives(): a direct call, NOPs, the native inline
+    instruction, or a call to the BUG function. Only site bytes change; the result is
+    verified and renamed into place, and the input is never modified (unless --in-place).
+
+    \b
+    Examples:
+      pvpatch apply vmlinux -o vmlinux.native
+      pvpatch apply vmlinux -o vmlinux.xen --backend xen --vcpus 1
+      pvpatch apply vmlinux --backend xen --dry-run --sites --op 'lock.*'
+      pvpatch apply vmlinux --dry-run --json | jq '.counts'
+    """
+    if not dry_run and not output and not in_place:
+        raise UsageError("say where to write: -o OUT, --in-place, or --dry-run")
+    if in_place and output:
+        raise UsageError("--in-place and -o exclude each other")
+    with KernelModel.open(vmlinux) as model:
+        progress("resolving the backend and planning")
+        be = load_backend(model, backend, vcpus)
+        p = plan(model, be, read_alternatives(model.image, model.types),
+                 default_nops(model.image.bits))
+        changes = [(x.site.address, x.after) for x in p.patches if x.changed]
+        pokes = file_pokes(model.image, changes)
+        bits = model.image.bits
+        target = vmlinux if in_place else output
+        report = plan_dict(p, bits, {"input": vmlinux, "output": None if dry_run else target,
+                                     "relocations": "kept as built (docs/apply.md)"})
+    if not dry_run:
+        progress(f"writing {target}")
+        write_patched(vmlinux, target, pokes, in_place=in_place)
+    if report_path:
+        with open(report_path, "w") as f:
+            json.dump(report, f, indent=1)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        head = [f"{vmlinux}" + ("" if dry_run else f" → {target}"),
+                f"  sites     {len(p.patches)}, {report['changed_sites']} changed"
+                + (" (dry run: nothing written)" if dry_run else "")]
+        click.echo(render_summary(p, head))
+        if list_sites:
+            click.echo("")
+            click.echo(render_sites(p.patches, bits))
+    if check and report["problems"]:
+        sys.exit(1)

@@ -1,0 +1,58 @@
+"""``pvpatch inspect``: what paravirt sites a kernel has and where each op goes natively."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+
+import click
+
+from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import Site
+from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
+
+
+@click.command()
+@click.argument("vmlinux", type=click.Path(dir_okay=False))
+@click.option("--sites", "list_sites", is_flag=True, help="List every site, not just the summary.")
+@click.option("--op", "ops", multiple=True, metavar="GLOB",
+              help="Only sites of ops matching GLOB (e.g. 'irq.*', 'cpu.cpuid'); repeatable.")
+@click.option("--function", "functions", multiple=True, metavar="GLOB",
+              help="Only sites inside functions matching GLOB (e.g. 'native_*'); repeatable.")
+@click.option("--layout", metavar="NAME",
+              help="Force a .parainstructions record layout instead of detecting it "
+                   "(e.g. x86_64+stale-clobbers, i386+clobbers).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/inspect.md).")
+def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tuple[str, ...],
+            layout: str | None, as_json: bool) -> None:
+    """Show the paravirt call sites of VMLINUX and where each pv op points natively.
+
+    The summary gives the kernel version, the .parainstructions record layout and how it was
+    detected, the number of sites per section, and one row per op: how many sites call it and
+    which function the image's own pv_ops initialiser holds for it.
+
+    \b
+    Examples:
+      pvpatch inspect vmlinux
+      pvpatch inspect vmlinux --sites --op 'irq.*'
+      pvpatch inspect vmlinux --sites --function 'native_flush_tlb*'
+      pvpatch inspect vmlinux --json | jq '.ops[] | select(.native_target == "NULL")'
+    """
+    with KernelModel.open(vmlinux, layout) as model:
+        sites = select(model.sites.sites, ops, functions)
+        if as_json:
+            click.echo(json.dumps(inspect_dict(model, sites), indent=1))
+            return
+        click.echo(render_summary(model, sites))
+        if list_sites:
+            click.echo("")
+            click.echo(render_sites(model, sites))
+
+
+def select(sites: list[Site], ops: tuple[str, ...], functions: tuple[str, ...]) -> list[Site]:
+    def wanted(s: Site) -> bool:
+        func = s.function.split("+", 1)[0]
+        return (not ops or any(fnmatch.fnmatchcase(s.op, g) for g in ops)) and \
+            (not functions or any(fnmatch.fnmatchcase(func, g) for g in functions))
+
+    return [s for s in sites if wanted(s)]

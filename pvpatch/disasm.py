@@ -1,0 +1,66 @@
+"""x86 decoding through capstone, kept behind a tiny interface.
+
+capstone is the decoder because it is maintained, exact for every prefix and addressing form,
+and gives operand details (base register, displacement) needed to find a call's memory slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import capstone
+from capstone import x86_const as X
+
+_BRANCHES = {X.X86_INS_CALL, X.X86_INS_JMP, X.X86_INS_LCALL, X.X86_INS_LJMP}
+
+
+@dataclass(frozen=True)
+class Insn:
+    address: int
+    size: int
+    mnemonic: str
+    op_str: str
+    raw: bytes
+    mem_target: int | None  # absolute address of the memory operand of an indirect call/jmp
+    is_indirect_branch: bool
+
+    @property
+    def text(self) -> str:
+        return f"{self.mnemonic} {self.op_str}".strip()
+
+
+@cache
+def _decoder(bits: int) -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64 else
+                     capstone.CS_MODE_32)
+    md.syntax = capstone.CS_OPT_SYNTAX_ATT  # what objdump and kernel engineers read
+    md.detail = True
+    return md
+
+
+def decode(code: bytes, address: int, bits: int) -> list[Insn]:
+    """Decode all of ``code``; stops early at bytes capstone cannot decode."""
+    mask = (1 << bits) - 1
+    out = []
+    for i in _decoder(bits).disasm(code, address):
+        target = None
+        indirect = False
+        if i.id in _BRANCHES and i.operands:
+            op = i.operands[0]
+            if op.type == X.X86_OP_MEM:
+                indirect = True
+                m = op.mem
+                if m.base == X.X86_REG_RIP and m.index == 0:
+                    target = (i.address + i.size + m.disp) & mask
+                elif m.base == 0 and m.index == 0:
+                    target = m.disp & mask
+            elif op.type == X.X86_OP_REG:
+                indirect = True
+        out.append(Insn(i.address, i.size, i.mnemonic, i.op_str, bytes(i.bytes), target,
+                        indirect))
+    return out
+
+
+def text_of(insns: list[Insn]) -> str:
+    return "; ".join(i.text for i in insns)

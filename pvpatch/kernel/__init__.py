@@ -1,0 +1,1 @@
+"""The kernel model: version and era, pv_ops slots, paravirt sites, Xen notes."""

@@ -1,0 +1,58 @@
+"""Everything pvpatch knows about one kernel image, built in the order the facts depend on.
+
+image → version → types → pv_ops slots → sites. Commands ask for a :class:`KernelModel` and
+never assemble these pieces themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from pvpatch.image.elf import ElfImage
+from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
+from pvpatch.kernel.pvops import PvOps
+from pvpatch.kernel.sites import SiteTable, read_sites
+from pvpatch.kernel.version import KernelVersion, detect_version
+from pvpatch.types.loader import load_types
+from pvpatch.types.model import TypeSource
+
+
+@dataclass
+class KernelModel:
+    image: ElfImage
+    layout_name: str | None = None  # force a .parainstructions layout
+
+    @classmethod
+    def open(cls, path: str, layout_name: str | None = None) -> KernelModel:
+        return cls(ElfImage(path), layout_name)
+
+    def close(self) -> None:
+        self.image.close()
+
+    def __enter__(self) -> KernelModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @cached_property
+    def version(self) -> KernelVersion:
+        return detect_version(self.image)
+
+    @cached_property
+    def types(self) -> TypeSource | None:
+        return load_types(self.image)
+
+    @cached_property
+    def pvops(self) -> PvOps:
+        return PvOps(self.image, self.types)
+
+    @cached_property
+    def clobber_bits(self) -> ClobberBits:
+        return clobber_bits(self.image.bits, self.version.major, self.version.minor)
+
+    @cached_property
+    def sites(self) -> SiteTable:
+        return read_sites(self.image, self.types, self.pvops, self.clobber_bits,
+                          self.layout_name)

@@ -1,0 +1,147 @@
+"""The pv_ops slot table: slot index → member path, and the value the image's initialiser holds.
+
+A ``.parainstructions`` type byte is an index into a table of pointers whose shape changed over
+the years (see ``ERAS``). The member paths come from the image's own type information, never
+from a hard-coded list; without types, slots are named by byte offset only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from pvpatch.image.elf import ElfImage
+from pvpatch.types.model import StructLayout, TypeSource
+
+
+@dataclass(frozen=True)
+class Container:
+    """How one kernel generation stores its ops. Kernel facts, with the range they hold for."""
+
+    name: str
+    versions: str
+    template_type: str  # the struct whose pointer-sized words the type byte indexes
+    storage: str  # "single": one global symbol; "per-member": one global per template member
+    symbol: str | None  # the single global, when storage == "single"
+
+
+ERAS = (
+    # 4.20+: one global `struct paravirt_patch_template pv_ops` (arch/x86/kernel/paravirt.c)
+    Container("pv_ops", "4.20+", "paravirt_patch_template", "single", "pv_ops"),
+    # 2.6.24–4.19: the template is a type only; its members are separate globals pv_*_ops
+    Container("pv_*_ops", "2.6.24–4.19", "paravirt_patch_template", "per-member", None),
+    # 2.6.20–2.6.23 (i386): one `struct paravirt_ops paravirt_ops`
+    Container("paravirt_ops", "2.6.20–2.6.23", "paravirt_ops", "single", "paravirt_ops"),
+)
+
+# Wrapper structs that hold one function pointer; the slot is named after the wrapper member.
+CALLEE_SAVE_WRAPPERS = {"paravirt_callee_save"}
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: int
+    offset: int  # bytes into the template
+    name: str  # member path, e.g. "irq.save_fl" or "pv_cpu_ops.cpuid"
+    address: int | None  # where the live value is stored in the image
+    is_pointer: bool
+
+
+class PvOps:
+    """The slots of one image's pv-op table and their initial (native) values."""
+
+    def __init__(self, image: ElfImage, types: TypeSource | None) -> None:
+        self.image = image
+        self.ptr = image.ptr_size
+        self.container, self.layout = self._find(types)
+        self.type_origin = types.origin if types and self.layout else None
+
+    def _find(self, types: TypeSource | None) -> tuple[Container | None, StructLayout | None]:
+        syms = self.image.symbols
+        for era in ERAS:
+            if era.storage == "single" and syms.get(era.symbol or "") is None:
+                continue
+            if era.storage == "per-member" and syms.get("pv_cpu_ops") is None:
+                continue
+            layout = types.struct(era.template_type) if types else None
+            return era, layout
+        return None, None
+
+    @property
+    def described(self) -> str:
+        if self.container is None:
+            return "no pv-op table found"
+        how = f"layout from {self.type_origin}" if self.layout else "no type information"
+        return f"{self.container.name} ({self.container.versions}; {how})"
+
+    @cached_property
+    def slots(self) -> dict[int, Slot]:
+        if self.container is None:
+            return {}
+        if self.layout is None:
+            return self._untyped_slots()
+        out: dict[int, Slot] = {}
+        for path, offset, field in self.layout.leaves():
+            if offset % self.ptr:
+                continue
+            name = path
+            index = offset // self.ptr
+            is_ptr = field.kind == "ptr" and field.size == self.ptr
+            if index not in out:
+                out[index] = Slot(index, offset, name, self._storage(path, offset), is_ptr)
+        return self._fold_wrappers(out)
+
+    def _fold_wrappers(self, slots: dict[int, Slot]) -> dict[int, Slot]:
+        """``irq.save_fl.func`` → ``irq.save_fl``: the callee-save wrapper is one slot."""
+        wrapped = {p for p, _o, f in self.layout.leaves() if f.name == "func"} if self.layout \
+            else set()
+        folded = {}
+        for i, s in slots.items():
+            name = s.name[:-len(".func")] if s.name in wrapped else s.name
+            folded[i] = Slot(s.index, s.offset, name, s.address, s.is_pointer)
+        return folded
+
+    def _storage(self, path: str, offset: int) -> int | None:
+        syms = self.image.symbols
+        assert self.container is not None
+        if self.container.storage == "single":
+            base = syms.address(self.container.symbol or "")
+            return None if base is None else base + offset
+        member = path.split(".", 1)[0]
+        field = self.layout.field(member) if self.layout else None
+        base = syms.address(member)
+        if field is None or base is None:
+            return None
+        return base + (offset - field.offset)
+
+    def _untyped_slots(self) -> dict[int, Slot]:
+        """Without types only a single global table can be indexed, by its symbol size."""
+        assert self.container is not None
+        sym = self.image.symbols.get(self.container.symbol or "")
+        if sym is None or not sym.size:
+            return {}
+        return {i: Slot(i, i * self.ptr, f"{sym.name}+{i * self.ptr:#x}", sym.value + i * self.ptr,
+                        True) for i in range(sym.size // self.ptr)}
+
+    def slot(self, index: int) -> Slot | None:
+        return self.slots.get(index)
+
+    @cached_property
+    def _by_address(self) -> dict[int, Slot]:
+        return {s.address: s for s in self.slots.values() if s.address is not None}
+
+    def slot_by_address(self, addr: int) -> Slot | None:
+        return self._by_address.get(addr)
+
+    def initial_value(self, slot: Slot) -> int | None:
+        """The pointer the image's static initialiser stores in ``slot`` (None if unreadable)."""
+        if slot.address is None:
+            return None
+        raw = self.image.try_read(slot.address, self.ptr)
+        return None if raw is None else int.from_bytes(raw, "little")
+
+    def by_name(self, name: str) -> Slot | None:
+        for s in self.slots.values():
+            if s.name == name:
+                return s
+        return None

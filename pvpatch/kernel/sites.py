@@ -1,0 +1,248 @@
+"""Paravirt call sites from ``.parainstructions``: read, detect the layout, validate.
+
+Read → validate, in the manner of BOLT's ``readParaInstructions``: the record layout comes from
+the image's type for ``struct paravirt_patch_site`` when it has one, otherwise each candidate
+layout is tried and kept only if every record points at code of exactly ``len`` bytes that holds
+an indirect call or jump. Each site is then cross-checked against the slot its call addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvpatch.disasm import Insn, decode, text_of
+from pvpatch.errors import InputError
+from pvpatch.image.elf import ElfImage, Section
+from pvpatch.kernel.clobbers import ClobberBits
+from pvpatch.kernel.pvops import PvOps, Slot
+from pvpatch.kernel.records import KNOWN_STRIDES, RecordLayout, layouts_for
+from pvpatch.types.model import TypeSource
+
+SECTION = ".parainstructions"
+MAX_SITE_LEN = 32  # the kernel's MAX_PATCH_LEN is 32 (alternative.c); longer is corrupt
+
+
+@dataclass
+class Site:
+    index: int
+    address: int
+    type: int
+    length: int
+    clobbers: int | None
+    section: str | None = None
+    function: str = ""
+    insns: list[Insn] = field(default_factory=list)
+    call_target: int | None = None  # address of the slot the call/jmp reads
+    slot: Slot | None = None  # slot named by the type byte
+    native_target: int | None = None  # initial value of that slot
+    native_name: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return text_of(self.insns)
+
+    @property
+    def op(self) -> str:
+        return self.slot.name if self.slot else f"type {self.type}"
+
+
+@dataclass
+class SiteTable:
+    layout: RecordLayout | None
+    layout_reason: str
+    sites: list[Site]
+    section: Section | None
+
+
+def read_sites(image: ElfImage, types: TypeSource | None, pvops: PvOps,
+               clobber_bits: ClobberBits, layout_name: str | None = None) -> SiteTable:
+    """All sites of the image, decoded and cross-checked; empty table if there is no section."""
+    sec = image.section(SECTION)
+    if sec is None or not sec.size:
+        return SiteTable(None, f"no {SECTION} section (kernel 6.8+, or built without "
+                         "CONFIG_PARAVIRT)", [], sec)
+    raw = image.section_data(sec)
+    layout, reason = choose_layout(image, raw, types, layout_name)
+    sites = [_decode_site(image, s, pvops) for s in _records(raw, layout)]
+    for s in sites:
+        if s.clobbers is not None:
+            s.problems.extend(_check_clobber_bits(s.clobbers, clobber_bits))
+    return SiteTable(layout, reason, sites, sec)
+
+
+def _records(raw: memoryview, layout: RecordLayout) -> list[Site]:
+    out = []
+    off, i = 0, 0
+    while off + layout.min_record <= len(raw):
+        addr = int.from_bytes(raw[off:off + layout.ptr_size], "little")
+        clob = None
+        if layout.clobbers_off is not None:
+            clob = int.from_bytes(raw[off + layout.clobbers_off:off + layout.clobbers_off + 2],
+                                  "little")
+        out.append(Site(i, addr, raw[off + layout.type_off], raw[off + layout.len_off], clob))
+        off += layout.stride
+        i += 1
+    return out
+
+
+# -- layout detection -------------------------------------------------------------------------
+
+def _fits(size: int, layout: RecordLayout) -> bool:
+    rem = size % layout.stride
+    return rem == 0 or rem >= layout.min_record
+
+
+def choose_layout(image: ElfImage, raw: memoryview, types: TypeSource | None,
+                  forced: str | None = None) -> tuple[RecordLayout, str]:
+    candidates = layouts_for(image.bits)
+    size = len(raw)
+    if forced:
+        chosen = [c for c in candidates if c.name == forced]
+        if not chosen:
+            names = ", ".join(c.name for c in candidates)
+            raise InputError(f"layout {forced!r} does not exist for ELF{image.bits} "
+                             f"(choose from {names})", image.path)
+        return chosen[0], "forced on the command line"
+    fitting = [c for c in candidates if _fits(size, c)]
+    if not fitting:
+        strides = ", ".join(str(s) for s in KNOWN_STRIDES)
+        raise InputError(f"{SECTION} is {size} bytes, not a multiple of any known record size "
+                         f"({strides})", image.path)
+    struct = types.struct("paravirt_patch_site") if types else None
+    if struct is not None:
+        return _from_type(image, raw, struct, fitting, types.origin)
+    return _by_validation(image, raw, fitting)
+
+
+def _from_type(image: ElfImage, raw: memoryview, struct, fitting: list[RecordLayout],
+               origin: str) -> tuple[RecordLayout, str]:
+    def member(*names: str) -> int | None:
+        for n in names:
+            f = struct.field(n)
+            if f is not None:
+                return f.offset
+        return None
+
+    offsets = (member("instr"), member("type", "instrtype"), member("len"))
+    clob = member("clobbers")
+    matches = [c for c in fitting if c.stride == struct.size and
+               (0, c.type_off, c.len_off) == offsets and
+               ((clob is not None) == c.clobbers_used) and
+               (clob is None or clob == c.clobbers_off)]
+    if not matches:
+        raise InputError(f"{origin.upper()} says struct paravirt_patch_site is {struct.size} bytes "
+                         f"with instr/type/len at {offsets}, which matches no known "
+                         f"{SECTION} layout for a {len(raw)}-byte section", image.path)
+    why = f"struct paravirt_patch_site from {origin} ({struct.size} bytes)"
+    if len(matches) == 1:
+        return matches[0], why
+    stale = [m for m in matches if m.clobbers_off is not None]
+    bare = [m for m in matches if m.clobbers_off is None]
+    if stale and bare:
+        written = _clobber_words_written(raw, stale[0])
+        chosen = stale[0] if written else bare[0]
+        return chosen, why + (", clobber words still written by the compiled sites" if written
+                              else ", no clobber words in the records")
+    return matches[0], why
+
+
+def _clobber_words_written(raw: memoryview, layout: RecordLayout) -> bool:
+    off = layout.clobbers_off
+    assert off is not None
+    return any(raw[i + off] or raw[i + off + 1]
+               for i in range(0, len(raw) - layout.min_record + 1, layout.stride))
+
+
+def _by_validation(image: ElfImage, raw: memoryview, fitting: list[RecordLayout]
+                   ) -> tuple[RecordLayout, str]:
+    failures = []
+    for cand in fitting:
+        bad = _first_invalid(image, _records(raw, cand))
+        if bad is None:
+            layout = cand
+            if cand.clobbers_off is not None and not _clobber_words_written(raw, cand):
+                bare = [c for c in fitting if c.clobbers_off is None and c.stride == cand.stride]
+                layout = bare[0] if bare else cand
+            elif cand.clobbers_used and image.symbols.get("pv_ops") is not None:
+                stale = [c for c in fitting if c.clobbers_off is not None and
+                         not c.clobbers_used and c.stride == cand.stride]
+                layout = stale[0] if stale else cand
+            return layout, "no type information: every record validated against the code"
+        failures.append(f"{cand.name}: {bad}")
+    raise InputError(f"{SECTION}: no record layout validates ({'; '.join(failures)})",
+                     image.path)
+
+
+def _first_invalid(image: ElfImage, records: list[Site]) -> str | None:
+    for r in records:
+        problem = _code_problem(image, r.address, r.length)
+        if problem:
+            return f"record {r.index}: {problem}"
+    return None
+
+
+def _code_problem(image: ElfImage, addr: int, length: int) -> str | None:
+    if not 0 < length <= MAX_SITE_LEN:
+        return f"length {length} is outside 1..{MAX_SITE_LEN}"
+    sec = image.section_at(addr, length)
+    if sec is None or not sec.is_exec:
+        return f"{addr:#x} is not in an executable section"
+    code = image.try_read(addr, length)
+    if code is None:
+        return f"{addr:#x} has no bytes in the file"
+    insns = decode(code, addr, image.bits)
+    if sum(i.size for i in insns) != length:
+        return f"the {length} bytes at {addr:#x} do not decode to whole instructions"
+    if not any(i.is_indirect_branch for i in insns):
+        return f"no indirect call or jump in the {length} bytes at {addr:#x}"
+    return None
+
+
+# -- per-site decoding ------------------------------------------------------------------------
+
+def _decode_site(image: ElfImage, site: Site, pvops: PvOps) -> Site:
+    sec = image.section_at(site.address, max(site.length, 1))
+    site.section = sec.name if sec else None
+    site.function = image.symbols.describe(site.address)
+    problem = _code_problem(image, site.address, site.length)
+    code = image.try_read(site.address, site.length) if 0 < site.length <= MAX_SITE_LEN else None
+    if code:
+        site.insns = decode(code, site.address, image.bits)
+        site.call_target = next((i.mem_target for i in site.insns if i.is_indirect_branch), None)
+    if problem:
+        site.problems.append(problem)
+    site.slot = pvops.slot(site.type)
+    if site.slot is None:
+        site.problems.append(f"type {site.type} names no slot of {pvops.described}")
+    else:
+        _cross_check(site, pvops)
+        site.native_target = pvops.initial_value(site.slot)
+        site.native_name = describe_target(image, site.native_target)
+    return site
+
+
+def _cross_check(site: Site, pvops: PvOps) -> None:
+    """The slot the type byte names must be the slot the instruction reads."""
+    if site.call_target is None or site.slot is None or site.slot.address is None:
+        return
+    if site.call_target != site.slot.address:
+        via = pvops.slot_by_address(site.call_target)
+        got = via.name if via else f"{site.call_target:#x}"
+        site.problems.append(f"type {site.type} names {site.slot.name} but the call reads {got}")
+
+
+def _check_clobber_bits(mask: int, bits: ClobberBits) -> list[str]:
+    extra = mask & ~bits.any
+    return [f"clobber mask {mask:#x} has bits {extra:#x} no register is assigned to"] if extra \
+        else []
+
+
+def describe_target(image: ElfImage, value: int | None) -> str | None:
+    """Name a slot value: ``NULL``, a symbol, or ``func+0xoff`` / hex when not at a symbol."""
+    if value is None:
+        return None
+    if value == 0:
+        return "NULL"
+    name = image.symbols.name_at(value)
+    return name if name else image.symbols.describe(value)

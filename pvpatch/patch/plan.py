@@ -1,0 +1,238 @@
+"""The patch plan: the exact bytes every pv site holds after the kernel patched itself.
+
+Ported step by step from the kernel's boot sequence in ``alternative_instructions()``
+(``arch/x86/kernel/alternative.c``, 5.13–6.7):
+
+1. ``paravirt_set_cap()`` — decided by the backend (pv feature bits);
+2. ``apply_paravirt()`` — per site ``paravirt_patch()``: NULL → call the BUG function, the nop
+   function → nothing, else a direct call; then ``add_nops`` pads to the site length;
+3. ``apply_alternatives()`` — in table order, each entry whose range touches a pv site: copy the
+   replacement if the feature test holds (with the call/jmp fix-ups), pad with 0x90, and then,
+   patched or not, ``optimize_nops`` over the entry's range.
+
+Each step is a small function that fills a buffer, in the manner of the kernel's own patcher.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from pvpatch.backends import Backend
+from pvpatch.disasm import decode
+from pvpatch.errors import InputError
+from pvpatch.kernel.alternatives import AltEntry, AltTable
+from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import Site
+from pvpatch.patch.nops import NopTable
+
+CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
+
+OUTCOMES = ("direct-call", "nop", "inline-native", "bug-call", "unpatched")
+
+
+@dataclass
+class SitePatch:
+    site: Site
+    before: bytes
+    after: bytes
+    outcome: str
+    target: int | None = None
+    target_name: str | None = None
+    reason: str = ""
+    alternatives: list[AltEntry] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass
+class PatchPlan:
+    backend: Backend
+    nops: NopTable
+    bug_function: str
+    patches: list[SitePatch]
+    alternatives_used: int
+    alternatives_left: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Era:
+    """How one kernel range patches; more eras arrive with older and newer kernels."""
+
+    name: str
+    versions: str
+    nop_function: str
+    bug_function: str
+
+
+ERA_5_13_TO_6_7 = Era("paravirt_patch", "5.13–6.7", "_paravirt_nop", "paravirt_BUG")
+
+
+def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -> PatchPlan:
+    era = _era(model)
+    image = model.image
+    nop_fn = image.symbols.address(era.nop_function)
+    bug_fn = image.symbols.address(era.bug_function)
+    if bug_fn is None:
+        raise InputError(f"no {era.bug_function} symbol: cannot patch NULL slots", image.path)
+    patches = [_paravirt_patch(model, backend, s, nops, nop_fn, bug_fn, era)
+               for s in model.sites.sites]
+    used, left = _apply_alternatives(model, backend, alts, patches, nops)
+    return PatchPlan(backend, nops, era.bug_function, patches, used, left)
+
+
+def _era(model: KernelModel) -> Era:
+    v = model.version
+    container = model.pvops.container
+    if container is None or container.name != "pv_ops":
+        raise InputError(f"apply supports the pv_ops kernels of 5.13–6.7 so far; this image "
+                         f"has {model.pvops.described}", model.image.path)
+    if model.pvops.layout is not None and model.pvops.layout.field("init") is not None:
+        raise InputError("apply does not yet model 4.20–5.12 kernels (pv_ops.init.patch)",
+                         model.image.path)
+    if v.major is not None and not (5, 13) <= (v.major, v.minor) <= (6, 7):
+        raise InputError(f"apply models paravirt_patch() of 5.13–6.7; this is {v.short}",
+                         model.image.path)
+    return ERA_5_13_TO_6_7
+
+
+# -- step 2: apply_paravirt -------------------------------------------------------------------
+
+def call_rel32(at: int, target: int) -> bytes:
+    """``__text_gen_insn(CALL_INSN_OPCODE, at, target)``: e8 and a 32-bit displacement."""
+    rel = (target - (at + 5)) & 0xFFFFFFFF
+    return bytes([CALL]) + rel.to_bytes(4, "little")
+
+
+def _paravirt_patch(model: KernelModel, backend: Backend, site: Site, nops: NopTable,
+                    nop_fn: int | None, bug_fn: int, era: Era) -> SitePatch:
+    before = model.image.read(site.address, site.length)
+    res = backend.resolution(site.type)
+    sp = SitePatch(site, before, before, "unpatched")
+    if res is None or res.value is None:
+        sp.reason = res.reason if res else f"type {site.type} names no pv_ops slot"
+        return sp
+    if res.value == 0:
+        used, sp.outcome, sp.target, sp.target_name = call_rel32(site.address, bug_fn), \
+            "bug-call", bug_fn, era.bug_function
+        sp.reason = f"slot is NULL ({res.reason}): call {era.bug_function}"
+    elif res.value == nop_fn:
+        used, sp.outcome = b"", "nop"
+        sp.reason = f"slot is {era.nop_function} ({res.reason})"
+    else:
+        used, sp.outcome, sp.target, sp.target_name = call_rel32(site.address, res.value), \
+            "direct-call", res.value, res.name
+        sp.reason = f"slot holds {res.name} ({res.reason})"
+    if len(used) > site.length:
+        sp.outcome, sp.reason = "unpatched", f"{len(used)}-byte replacement exceeds the site"
+        sp.problems.append(sp.reason)
+        return sp
+    sp.after = used + nops.fill(site.length - len(used))
+    return sp
+
+
+# -- step 3: apply_alternatives on the entries that touch pv sites ----------------------------
+
+def _apply_alternatives(model: KernelModel, backend: Backend, alts: AltTable,
+                        patches: list[SitePatch], nops: NopTable) -> tuple[int, int]:
+    starts = [p.site.address for p in patches]
+    order = sorted(range(len(patches)), key=lambda i: starts[i])
+    sorted_starts = [starts[i] for i in order]
+    used = 0
+    for entry in alts.entries:
+        hit = _covering_site(entry, patches, order, sorted_starts)
+        if hit is None:
+            continue
+        used += 1
+        _apply_one(model, backend, entry, hit, nops)
+    return used, len(alts.entries) - used
+
+
+def _covering_site(entry: AltEntry, patches: list[SitePatch], order: list[int],
+                   sorted_starts: list[int]) -> SitePatch | None:
+    pos = bisect.bisect_right(sorted_starts, entry.instr + max(entry.instrlen, 1) - 1) - 1
+    if pos < 0:
+        return None
+    sp = patches[order[pos]]
+    return sp if entry.overlaps(sp.site.address, sp.site.length) else None
+
+
+def _apply_one(model: KernelModel, backend: Backend, entry: AltEntry, sp: SitePatch,
+               nops: NopTable) -> None:
+    sp.alternatives.append(entry)
+    site = sp.site
+    if entry.instr != site.address or entry.instrlen > site.length:
+        sp.problems.append(f"alternative #{entry.index} covers {entry.instr:#x}+{entry.instrlen}, "
+                           f"not exactly the site: left as the pv patch made it")
+        return
+    present = backend.has_feature(entry.feature)
+    if present is None:
+        sp.problems.append(f"alternative #{entry.index} tests CPU feature {entry.feature // 32}*32"
+                           f"+{entry.feature % 32}, which depends on the CPU: not modelled")
+        return
+    buf = bytearray(sp.after)
+    if entry.applies(present):
+        repl = model.image.read(entry.replacement, entry.replacementlen)
+        new = _replacement(repl, entry, nops)
+        buf[:entry.instrlen] = new + b"\x90" * (entry.instrlen - len(new))
+        sp.outcome, sp.target, sp.target_name = "inline-native", None, None
+        sp.reason = (f"alternative #{entry.index} ({'NOT ' if entry.inverted else ''}"
+                     f"feature {entry.feature // 32}*32+{entry.feature % 32}) replaced it")
+        _reclassify_call(model, sp, bytes(buf))
+    buf[:entry.instrlen] = optimize_nops(bytes(buf[:entry.instrlen]), model.image.bits, nops)
+    sp.after = bytes(buf)
+
+
+def _replacement(repl: bytes, entry: AltEntry, nops: NopTable) -> bytes:
+    """The replacement with apply_alternatives' fix-ups for a relative call or jump."""
+    buf = bytearray(repl)
+    shift = entry.replacement - entry.instr
+    if len(buf) == 5 and buf[0] == CALL:
+        rel = (int.from_bytes(buf[1:5], "little", signed=True) + shift) & 0xFFFFFFFF
+        buf[1:5] = rel.to_bytes(4, "little")
+    if buf and buf[0] in (JMP32, JMP8) and len(buf) == 5:
+        buf = bytearray(_recompute_jump(repl, entry, nops))
+    return bytes(buf)
+
+
+def _recompute_jump(repl: bytes, entry: AltEntry, nops: NopTable) -> bytes:
+    """recompute_jump(): re-target a 5-byte jmp, shrinking it to jmp.d8 when it reaches."""
+    target = entry.replacement + 5 + int.from_bytes(repl[1:5], "little", signed=True)
+    disp = target - entry.instr
+    short = disp - 2 <= 127 if disp >= 0 else ((disp - 2) & 0xFF) == disp - 2
+    if short:
+        return bytes([JMP8, (disp - 2) & 0xFF]) + nops.fill(3)
+    return bytes([JMP32]) + ((disp - 5) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
+    """optimize_nops(): runs of two or more 0x90 become table NOPs (5.13–6.4 semantics)."""
+    out = bytearray(code)
+    i = 0
+    while i < len(out):
+        insns = decode(bytes(out[i:]), 0, bits)
+        if not insns:
+            break
+        if insns[0].size == 1 and out[i] == 0x90:
+            j = i
+            while j < len(out) and out[j] == 0x90:
+                j += 1
+            if j - i > 1:
+                out[i:j] = nops.fill(j - i)
+            i = j
+        else:
+            i += insns[0].size
+    return bytes(out)
+
+
+def _reclassify_call(model: KernelModel, sp: SitePatch, code: bytes) -> None:
+    """A replacement that is itself a direct call is reported as one."""
+    if code[:1] == bytes([CALL]):
+        target = (sp.site.address + 5 + int.from_bytes(code[1:5], "little", signed=True)) \
+            & ((1 << model.image.bits) - 1)
+        sp.outcome, sp.target = "direct-call", target
+        sp.target_name = model.image.symbols.describe(target)

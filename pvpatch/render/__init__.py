@@ -1,0 +1,1 @@
+"""Renderers: turn model objects into text tables and JSON-ready dicts."""

@@ -1,0 +1,134 @@
+"""Describe a kernel model's pv sites: a dict for ``--json`` and tables for people.
+
+The model holds numbers; this module turns them into words. The JSON schema is documented in
+``docs/inspect.md`` and versioned by the ``schema`` key.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import Site
+from pvpatch.render.table import table
+
+SCHEMA = "pvpatch.inspect/1"
+
+
+@dataclass(frozen=True)
+class OpSummary:
+    op: str
+    slot: int
+    sites: int
+    native_target: str | None
+    native_address: int | None
+
+
+def summarize_ops(sites: list[Site]) -> list[OpSummary]:
+    counts = Counter(s.type for s in sites)
+    first = {}
+    for s in sites:
+        first.setdefault(s.type, s)
+    return [OpSummary(first[t].op, t, n, first[t].native_name, first[t].native_target)
+            for t, n in sorted(counts.items())]
+
+
+def _hex(v: int | None) -> str | None:
+    return None if v is None else f"{v:#x}"
+
+
+def site_dict(s: Site, clobber_names: list[str] | None) -> dict:
+    return {
+        "index": s.index,
+        "address": _hex(s.address),
+        "section": s.section,
+        "function": s.function,
+        "type": s.type,
+        "op": s.op,
+        "length": s.length,
+        "clobbers": s.clobbers,
+        "clobber_regs": clobber_names,
+        "bytes": "".join(i.raw.hex() for i in s.insns),
+        "instruction": s.text,
+        "slot_address": _hex(s.call_target),
+        "native_target": s.native_name,
+        "native_address": _hex(s.native_target),
+        "problems": s.problems,
+    }
+
+
+def inspect_dict(model: KernelModel, sites: list[Site]) -> dict:
+    table_ = model.sites
+    v = model.version
+    lay = table_.layout
+    return {
+        "schema": SCHEMA,
+        "file": model.image.path,
+        "machine": model.image.machine,
+        "kernel": {"release": v.release, "version": v.short, "distro": v.distro,
+                   "banner": v.banner, "source": v.source},
+        "pv_table": {"container": model.pvops.described,
+                     "slots": len(model.pvops.slots),
+                     "types": model.types.origin if model.types else None},
+        "layout": None if lay is None else {
+            "name": lay.name, "versions": lay.versions, "record_size": lay.stride,
+            "clobbers": ("used" if lay.clobbers_used else "stale")
+            if lay.clobbers_off is not None else "absent",
+            "detected_from": table_.layout_reason},
+        "layout_reason": table_.layout_reason,
+        "site_count": len(table_.sites),
+        "selected": len(sites),
+        "sections": dict(Counter(s.section or "?" for s in sites)),
+        "ops": [{"op": o.op, "type": o.slot, "sites": o.sites, "native_target": o.native_target,
+                 "native_address": _hex(o.native_address)} for o in summarize_ops(sites)],
+        "problems": sum(len(s.problems) for s in sites),
+        "sites": [site_dict(s, _clobber_names(model, s)) for s in sites],
+    }
+
+
+def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
+    return None if s.clobbers is None else model.clobber_bits.decode(s.clobbers)
+
+
+def render_summary(model: KernelModel, sites: list[Site]) -> str:
+    d = inspect_dict(model, sites)
+    lines = [d["file"]]
+    k = d["kernel"]
+    kernel = k["release"] or "unknown version"
+    if k["distro"]:
+        kernel += f" ({k['distro']})"
+    lines.append(f"  kernel    {kernel}, {d['machine']}  [from {k['source']}]")
+    lines.append(f"  pv table  {d['pv_table']['container']}, {d['pv_table']['slots']} slots")
+    lay = d["layout"]
+    if lay is None:
+        lines.append(f"  records   {d['layout_reason']}")
+    else:
+        lines.append(f"  records   .parainstructions, {d['site_count']} × {lay['record_size']} "
+                     f"bytes, layout {lay['name']} ({lay['versions']}), clobber word "
+                     f"{lay['clobbers']}")
+        lines.append(f"            detected from {lay['detected_from']}")
+    per_sec = ", ".join(f"{name} {n}" for name, n in sorted(d["sections"].items(),
+                                                             key=lambda kv: -kv[1]))
+    shown = "" if d["selected"] == d["site_count"] else f" (of {d['site_count']})"
+    lines.append(f"  sites     {d['selected']}{shown}: {per_sec or 'none'}")
+    lines.append(f"  problems  {d['problems'] or 'none'}")
+    if d["ops"]:
+        rows = [(o["op"], str(o["type"]), str(o["sites"]), o["native_target"] or "?")
+                for o in d["ops"]]
+        lines.append("")
+        lines.append(table(("op", "type", "sites", "native target"), rows, right=(1, 2)))
+    return "\n".join(lines)
+
+
+def render_sites(model: KernelModel, sites: list[Site]) -> str:
+    rows = []
+    for s in sites:
+        clob = "" if s.clobbers is None else f"{s.clobbers:#06x} " + (
+            "any" if s.clobbers == model.clobber_bits.any else
+            ",".join(model.clobber_bits.decode(s.clobbers)))
+        rows.append((f"{s.address:#x}", s.section or "?", s.function, s.op, str(s.length),
+                     clob, s.text, s.native_name or "?"))
+        rows.extend(("", "", "", "", "", "", f"! {p}", "") for p in s.problems)
+    return table(("address", "section", "function", "op", "len", "clobbers", "instruction",
+                  "native target"), rows, right=(4,))

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Benchmark pvpatch against reference tools on the same file, in one run.
+
+Each command runs in a fresh process several times, interleaved with its reference so machine
+noise hits both alike; the table shows the median wall time, the peak RSS (from wait4) and the
+ratio to the reference. Usage: ``scripts/bench.py VMLINUX [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Case:
+    name: str
+    argv: list[str]
+    walls: list[float] = field(default_factory=list)
+    rss_kb: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Pair:
+    title: str
+    tool: Case
+    reference: Case
+    target_ratio: float
+    rss_limit_mb: int | None = None
+
+
+def run_once(case: Case) -> None:
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.Popen(case.argv, stdout=null, stderr=subprocess.PIPE)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+    case.walls.append(time.perf_counter() - start)
+    case.rss_kb.append(usage.ru_maxrss)
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        sys.exit(f"bench: {' '.join(case.argv)} failed: {err.strip()}")
+
+
+def pairs(vmlinux: str) -> list[Pair]:
+    pv = str(VENV_BIN / "pvpatch")
+    out = [Pair("inspect --json vs readelf -sW -n",
+                Case("pvpatch inspect --json", [pv, "inspect", "--json", vmlinux]),
+                Case("readelf -sW -n", ["readelf", "-sW", "-n", vmlinux]), 3.0, 150)]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("vmlinux")
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    if shutil.which("readelf") is None:
+        sys.exit("bench: readelf (binutils) is needed as the reference tool")
+    size_mb = os.path.getsize(args.vmlinux) / 2**20
+    print(f"bench: {args.vmlinux} ({size_mb:.0f} MB), {args.runs} runs each, median shown")
+    todo = pairs(args.vmlinux)
+    for p in todo:  # warm the page cache so the first run is not an outlier
+        run_once(p.reference)
+        p.reference.walls.clear()
+        p.reference.rss_kb.clear()
+    for _ in range(args.runs):
+        for p in todo:
+            run_once(p.tool)
+            run_once(p.reference)
+    print(f"{'command':<34}{'wall s':>9}{'peak MB':>9}{'ratio':>8}  target")
+    failed = False
+    for p in todo:
+        tw, rw = statistics.median(p.tool.walls), statistics.median(p.reference.walls)
+        tm, rm = max(p.tool.rss_kb) / 1024, max(p.reference.rss_kb) / 1024
+        ratio = tw / rw if rw else float("inf")
+        ok = ratio <= p.target_ratio and (p.rss_limit_mb is None or tm <= p.rss_limit_mb)
+        failed |= not ok
+        limit = f", RSS < {p.rss_limit_mb} MB" if p.rss_limit_mb else ""
+        print(f"{p.tool.name:<34}{tw:>9.3f}{tm:>9.1f}{ratio:>7.2f}x  "
+              f"<= {p.target_ratio}x{limit}  {'ok' if ok else 'MISSED'}")
+        print(f"{p.reference.name:<34}{rw:>9.3f}{rm:>9.1f}{'1.00x':>8}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
