@@ -62,5 +62,18 @@ def decode(code: bytes, address: int, bits: int) -> list[Insn]:
     return out
 
 
+@cache
+def _lite(bits: int) -> capstone.Cs:
+    return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64 else
+                       capstone.CS_MODE_32)
+
+
+def first_length(code: bytes, bits: int) -> int | None:
+    """Length of the first instruction of ``code`` (None if it does not decode): cheap."""
+    for _addr, size, _mn, _op in _lite(bits).disasm_lite(code, 0, 1):
+        return size
+    return None
+
+
 def text_of(insns: list[Insn]) -> str:
     return "; ".join(i.text for i in insns)

@@ -69,8 +69,11 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         pokes = file_pokes(model.image, changes)
         bits = model.image.bits
         target = vmlinux if in_place else output
-        report = plan_dict(p, bits, {"input": vmlinux, "output": None if dry_run else target,
-                                     "relocations": "kept as built (docs/apply.md)"})
+        report = None
+        if as_json or report_path:
+            report = plan_dict(p, bits, {"input": vmlinux,
+                                         "output": None if dry_run else target,
+                                         "relocations": "kept as built (docs/apply.md)"})
     if not dry_run:
         progress(f"writing {target}")
         write_patched(vmlinux, target, pokes, in_place=in_place)
@@ -81,11 +84,11 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         click.echo(json.dumps(report, indent=1))
     else:
         head = [f"{vmlinux}" + ("" if dry_run else f" → {target}"),
-                f"  sites     {len(p.patches)}, {report['changed_sites']} changed"
+                f"  sites     {len(p.patches)}, {len(changes)} changed"
                 + (" (dry run: nothing written)" if dry_run else "")]
         click.echo(render_summary(p, head))
         if list_sites:
             click.echo("")
             click.echo(render_sites(p.patches, bits))
-    if check and report["problems"]:
+    if check and any(x.problems for x in p.patches):
         sys.exit(1)

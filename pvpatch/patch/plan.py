@@ -19,7 +19,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from pvpatch.backends import Backend
-from pvpatch.disasm import decode
+from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.model import KernelModel
@@ -214,10 +214,10 @@ def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
     out = bytearray(code)
     i = 0
     while i < len(out):
-        insns = decode(bytes(out[i:]), 0, bits)
-        if not insns:
+        size = first_length(bytes(out[i:]), bits)
+        if size is None:  # insn_decode_kernel failed: the kernel stops here too
             break
-        if insns[0].size == 1 and out[i] == 0x90:
+        if size == 1 and out[i] == 0x90:
             j = i
             while j < len(out) and out[j] == 0x90:
                 j += 1
@@ -225,7 +225,7 @@ def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
                 out[i:j] = nops.fill(j - i)
             i = j
         else:
-            i += insns[0].size
+            i += size
     return bytes(out)
 
 

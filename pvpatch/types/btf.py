@@ -1,9 +1,13 @@
-"""A small BTF reader: struct layouts from the image's ``.BTF`` section.
+"""Struct layouts from a kernel's ``.BTF`` section.
 
-One sequential pass records where each type record starts (BTF records are variable-length and
-only addressable by walking); names and members are decoded only for the structs asked for.
-Every offset is checked against the section, and type chains are bounded, so BTF that lies gives
-an :class:`InputError`, never a hang. Format: ``Documentation/bpf/btf.rst`` (kernel 5.2+).
+A distribution vmlinux carries ~130k BTF types in ~4 MB, and pvpatch needs three or four of
+them. So the reader makes one sequential pass that only records where each type record starts
+and which string names it (needed because records are variable-length and type ids are
+implicit), and decodes members only for the types actually asked for. Every offset, length and
+type id comes from the file and is checked before use; a broken section is an
+:class:`InputError`, never an IndexError or a hang.
+
+Format: ``Documentation/bpf/btf.rst`` in the kernel tree (header, then type and string sections).
 """
 
 from __future__ import annotations
@@ -15,224 +19,300 @@ from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
 from pvpatch.types.model import Field, Kind, StructLayout
 
-MAGIC = 0xEB9F
-HEADER = struct.Struct("<HBBIIIII")  # magic version flags hdr_len type_off type_len str_off len
-TYPE = struct.Struct("<III")  # name_off info size_or_type
-MEMBER = struct.Struct("<III")  # name_off type offset
-MAX_CHAIN = 64  # typedef/const/... chains longer than this are a loop
-MAX_NESTING = 16  # embedded struct depth
+BTF_MAGIC = 0xEB9F
+#: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
+HEADER = struct.Struct("<HBBIIIII")
+#: every type record starts with name_off, info (vlen | kind << 24 | kind_flag << 31), size/type
+TYPE_HEAD = struct.Struct("<III")
+#: struct/union member: name_off, type, offset (bits; with kind_flag: bitfield size << 24 | bits)
+MEMBER = struct.Struct("<III")
+#: BTF_KIND_ARRAY payload: element type, index type, nelems
+ARRAY = struct.Struct("<III")
+U32 = struct.Struct("<I")
+
+#: a chain of typedefs/qualifiers longer than this is a cycle in a lying file
+MAX_CHASE = 64
+#: structs nested by value deeper than this are a cycle in a lying file
+MAX_NESTING = 32
 
 
 @dataclass(frozen=True)
 class BtfKind:
-    number: int
+    """What the reader needs to know about one BTF kind."""
+
     name: str
-    extra: int  # bytes after the common header, fixed part
-    per_vlen: int  # bytes per vlen item
-    model_kind: Kind
+    extra: int  # payload bytes after the 12-byte common header
+    per_vlen: int  # payload bytes per vlen entry (members, params, enumerators, ...)
+    model: Kind  # how the kind shows up in a Field (qualifiers are stripped before this)
+    qualifier: bool = False  # "size/type" is another type id to follow for the real type
 
 
-# Documentation/bpf/btf.rst, "2.2 Type encoding": the record size of every kind.
-KINDS = {k.number: k for k in (
-    BtfKind(1, "INT", 4, 0, "int"),
-    BtfKind(2, "PTR", 0, 0, "ptr"),
-    BtfKind(3, "ARRAY", 12, 0, "array"),
-    BtfKind(4, "STRUCT", 0, 12, "struct"),
-    BtfKind(5, "UNION", 0, 12, "union"),
-    BtfKind(6, "ENUM", 0, 8, "enum"),
-    BtfKind(7, "FWD", 0, 0, "other"),
-    BtfKind(8, "TYPEDEF", 0, 0, "other"),
-    BtfKind(9, "VOLATILE", 0, 0, "other"),
-    BtfKind(10, "CONST", 0, 0, "other"),
-    BtfKind(11, "RESTRICT", 0, 0, "other"),
-    BtfKind(12, "FUNC", 0, 0, "other"),
-    BtfKind(13, "FUNC_PROTO", 0, 8, "func"),
-    BtfKind(14, "VAR", 4, 0, "other"),
-    BtfKind(15, "DATASEC", 0, 12, "other"),
-    BtfKind(16, "FLOAT", 0, 0, "float"),
-    BtfKind(17, "DECL_TAG", 4, 0, "other"),
-    BtfKind(18, "TYPE_TAG", 0, 0, "other"),
-    BtfKind(19, "ENUM64", 0, 12, "enum"),
-)}
-QUALIFIERS = {8, 9, 10, 11, 18}  # typedef, volatile, const, restrict, type_tag
-STRUCT, UNION, PTR, ARRAY = 4, 5, 2, 3
+#: All kinds up to ENUM64 (kernel 6.0). Unknown kinds cannot be skipped, so they are errors.
+KINDS: dict[int, BtfKind] = {
+    1: BtfKind("INT", 4, 0, "int"),
+    2: BtfKind("PTR", 0, 0, "ptr"),
+    3: BtfKind("ARRAY", 12, 0, "array"),
+    4: BtfKind("STRUCT", 0, 12, "struct"),
+    5: BtfKind("UNION", 0, 12, "union"),
+    6: BtfKind("ENUM", 0, 8, "enum"),
+    7: BtfKind("FWD", 0, 0, "other"),
+    8: BtfKind("TYPEDEF", 0, 0, "other", qualifier=True),
+    9: BtfKind("VOLATILE", 0, 0, "other", qualifier=True),
+    10: BtfKind("CONST", 0, 0, "other", qualifier=True),
+    11: BtfKind("RESTRICT", 0, 0, "other", qualifier=True),
+    12: BtfKind("FUNC", 0, 0, "func"),
+    13: BtfKind("FUNC_PROTO", 0, 8, "func"),
+    14: BtfKind("VAR", 4, 0, "other"),
+    15: BtfKind("DATASEC", 0, 12, "other"),
+    16: BtfKind("FLOAT", 0, 0, "float"),
+    17: BtfKind("DECL_TAG", 4, 0, "other"),
+    18: BtfKind("TYPE_TAG", 0, 0, "other", qualifier=True),
+    19: BtfKind("ENUM64", 0, 12, "enum"),
+}
+K_INT, K_PTR, K_ARRAY, K_STRUCT, K_UNION, K_TYPEDEF = 1, 2, 3, 4, 5, 8
+#: kinds whose size/type word is a byte size
+SIZED = frozenset({1, 4, 5, 6, 16, 19})
+#: kinds whose own name is the name "as written" when no typedef was seen
+NAMED = frozenset({1, 4, 5, 6, 7, 16, 19})
+
+# Flat lookup tables for the indexing loop, which runs once per type (~130k times).
+_EXTRA = [-1] * 32
+_PER_VLEN = [0] * 32
+for _k, _d in KINDS.items():
+    _EXTRA[_k], _PER_VLEN[_k] = _d.extra, _d.per_vlen
 
 
 class BtfTypes:
-    """TypeSource over one ``.BTF`` blob."""
+    """A :class:`~pvpatch.types.model.TypeSource` over one ``.BTF`` section."""
 
     origin = "btf"
 
-    def __init__(self, data: bytes | memoryview, label: str, ptr_size: int = 8) -> None:
+    def __init__(self, data: memoryview | bytes, label: str, *, ptr_size: int = 8) -> None:
+        """``label`` names the file in errors; ``ptr_size`` because BTF does not record it."""
         self.label = label
         self.ptr_size = ptr_size
-        self._data = memoryview(data)
-        self._types, self._strings = self._parse_header()
-        self._offsets: list[int] = [0]  # type id → record offset in _types (id 0 is void)
-        self._index()
+        self._types, self._strs = self._split(memoryview(data))
+        self._offs, self._names = self._index()
+        self._cache: dict[str, StructLayout | None] = {}
+        self._layouts: dict[int, StructLayout] = {}
 
     @classmethod
     def from_image(cls, image: ElfImage) -> BtfTypes | None:
+        """The image's BTF, or None when it has no ``.BTF`` section."""
         sec = image.section(".BTF")
-        if sec is None or not sec.has_file_data or not sec.size:
+        if sec is None or not sec.has_file_data:
             return None
-        return cls(image.section_data(sec), image.path, image.ptr_size)
+        return cls(image.section_data(sec), image.path, ptr_size=image.ptr_size)
 
-    def _fail(self, message: str) -> InputError:
-        return InputError(f".BTF {message}", self.label)
+    def error(self, message: str) -> InputError:
+        return InputError(message, self.label)
 
-    # -- parsing ---------------------------------------------------------------------------
+    # -- header and index ------------------------------------------------------------------
 
-    def _parse_header(self) -> tuple[memoryview, bytes]:
-        d = self._data
-        if len(d) < HEADER.size:
-            raise self._fail(f"is {len(d)} bytes, too short for its {HEADER.size}-byte header")
-        magic, version, _flags, hdr_len, t_off, t_len, s_off, s_len = HEADER.unpack_from(d)
-        if magic != MAGIC:
-            raise self._fail(f"magic is {magic:#06x}, expected {MAGIC:#06x}")
+    def _split(self, data: memoryview) -> tuple[memoryview, bytes]:
+        """Validate the header; return the type section and a copy of the string section."""
+        if len(data) < HEADER.size:
+            raise self.error(f".BTF is {len(data)} bytes, too short for the "
+                             f"{HEADER.size}-byte header")
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            HEADER.unpack_from(data, 0)
+        if magic != BTF_MAGIC:
+            swapped = " (big-endian BTF is not supported)" if magic == 0x9FEB else ""
+            raise self.error(f".BTF magic is {magic:#06x}, expected {BTF_MAGIC:#06x}{swapped}")
         if version != 1:
-            raise self._fail(f"version {version} is not supported (expected 1)")
-        if hdr_len < HEADER.size or hdr_len > len(d):
-            raise self._fail(f"header length {hdr_len} is impossible for {len(d)} bytes")
-        for what, off, ln in (("type", t_off, t_len), ("string", s_off, s_len)):
-            if hdr_len + off + ln > len(d):
-                raise self._fail(f"{what} section (off {off:#x}, len {ln:#x}) runs past the "
-                                 f"section end ({len(d) - hdr_len:#x})")
-        base = hdr_len
-        return d[base + t_off:base + t_off + t_len], bytes(d[base + s_off:base + s_off + s_len])
+            raise self.error(f".BTF version {version} is not supported (expected 1)")
+        if not HEADER.size <= hdr_len <= len(data):
+            raise self.error(f".BTF header length {hdr_len:#x} is not between {HEADER.size} "
+                             f"and the section size ({len(data):#x})")
+        body = data[hdr_len:]
+        for what, off, length in (("type", type_off, type_len), ("string", str_off, str_len)):
+            if hdr_len + off + length > len(data):
+                raise self.error(f".BTF {what} section (off {off:#x}, len {length:#x}) runs "
+                                 f"past the section end ({len(data):#x})")
+        strs = bytes(body[str_off:str_off + str_len])
+        if strs and (strs[0] != 0 or strs[-1] != 0):
+            raise self.error(".BTF string section does not start and end with a NUL byte")
+        return body[type_off:type_off + type_len], strs
 
-    def _index(self) -> None:
-        """Record each type's offset; the walk is bounded by the type section's size."""
-        types, offsets = self._types, self._offsets
-        pos, end = 0, len(types)
-        unpack = TYPE.unpack_from
-        while pos < end:
-            if pos + TYPE.size > end:
-                raise self._fail(f"type {len(offsets)} is truncated at offset {pos:#x}")
-            _name, info, _size = unpack(types, pos)
-            kind = KINDS.get((info >> 24) & 0x1F)
-            if kind is None:
-                raise self._fail(f"type {len(offsets)} has unknown kind {(info >> 24) & 0x1F}")
-            offsets.append(pos)
-            pos += TYPE.size + kind.extra + kind.per_vlen * (info & 0xFFFF)
-        if pos != end:
-            raise self._fail(f"last type record runs {pos - end} bytes past the type section")
+    def _index(self) -> tuple[list[int], list[int]]:
+        """One pass over the type section: start offset and name offset of every type id.
 
-    def _record(self, type_id: int) -> tuple[int, int, int, int]:
-        """(name_off, kind, vlen, size_or_type) of a type id, with the id checked."""
-        if not 0 < type_id < len(self._offsets):
-            raise self._fail(f"refers to type id {type_id}, but there are "
-                             f"{len(self._offsets) - 1} types")
-        name_off, info, size = TYPE.unpack_from(self._types, self._offsets[type_id])
-        return name_off, (info >> 24) & 0x1F, info & 0xFFFF, size | ((info >> 31) << 32)
+        Id 0 is ``void`` and has no record; placeholders keep list index == type id.
+        """
+        buf, end = self._types, len(self._types)
+        head = TYPE_HEAD.unpack_from
+        extra, per_vlen = _EXTRA, _PER_VLEN
+        offs, names = [0], [0]
+        off = 0
+        while off < end:
+            if off + 12 > end:
+                raise self.error(f".BTF type {len(offs)} at type-section offset {off:#x} is "
+                                 f"truncated (section is {end:#x} bytes)")
+            name_off, info, _ = head(buf, off)
+            kind = (info >> 24) & 0x1F
+            if extra[kind] < 0:
+                raise self.error(f".BTF type {len(offs)} at type-section offset {off:#x} has "
+                                 f"unknown kind {kind}")
+            offs.append(off)
+            names.append(name_off)
+            off += 12 + extra[kind] + per_vlen[kind] * (info & 0xFFFF)
+        if off != end:
+            raise self.error(f".BTF type {len(offs) - 1} at type-section offset "
+                             f"{offs[-1]:#x} runs past the type section end ({end:#x})")
+        return offs, names
 
-    def _name(self, off: int) -> str:
-        if off >= len(self._strings):
-            raise self._fail(f"string offset {off:#x} is past the string section "
-                             f"({len(self._strings):#x} bytes)")
-        end = self._strings.find(b"\0", off)
-        return self._strings[off:end if end >= 0 else None].decode("latin-1")
+    @property
+    def count(self) -> int:
+        """Number of types, not counting ``void``."""
+        return len(self._offs) - 1
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- records ---------------------------------------------------------------------------
 
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
+    def _head(self, tid: int, user: str) -> tuple[int, int, int]:
+        """``(kind, info, size_or_type)`` of type ``tid``, which ``user`` refers to."""
+        if not 0 < tid < len(self._offs):
+            raise self.error(f".BTF {user} refers to type id {tid}, but ids run from 1 to "
+                             f"{self.count}")
+        _name, info, size = TYPE_HEAD.unpack_from(self._types, self._offs[tid])
+        return (info >> 24) & 0x1F, info, size
 
-    def find(self, name: str, kinds: tuple[int, ...] = (STRUCT, UNION)) -> int | None:
-        """Type id of the first struct/union (or typedef to one) called ``name``."""
-        wanted = self._string_offsets(name)
-        if not wanted:
-            return None
-        unpack, types = TYPE.unpack_from, self._types
-        for tid in range(1, len(self._offsets)):
-            name_off, info, _ = unpack(types, self._offsets[tid])
-            if name_off in wanted:
-                kind = (info >> 24) & 0x1F
-                if kind in kinds:
-                    return tid
-                if kind == 8:  # typedef struct {...} name
-                    target = self._strip(tid)
-                    if self._record(target)[1] in kinds:
-                        return target
-        return None
+    def _name(self, tid: int) -> str:
+        """The name of type ``tid`` ("" when anonymous)."""
+        return self._string(self._names[tid], f"type {tid}")
 
-    def _string_offsets(self, name: str) -> set[int]:
-        needle, out = name.encode("latin-1") + b"\0", set()
-        pos = self._strings.find(needle)
+    def _string(self, off: int, user: str) -> str:
+        if off == 0:
+            return ""
+        end = self._strs.find(b"\0", off) if off < len(self._strs) else -1
+        if end < 0:
+            raise self.error(f".BTF {user} has name offset {off:#x}, outside the string "
+                             f"section ({len(self._strs):#x} bytes)")
+        return self._strs[off:end].decode("utf-8", "replace")
+
+    def _name_offsets(self, name: str) -> set[int]:
+        """Every string-section offset holding exactly ``name``."""
+        needle = name.encode()
+        if not needle or b"\0" in needle:
+            return set()
+        found, pat = set(), b"\0" + needle + b"\0"
+        pos = self._strs.find(pat)
         while pos >= 0:
-            out.add(pos)
-            pos = self._strings.find(needle, pos + 1)
-        return out
+            found.add(pos + 1)
+            pos = self._strs.find(pat, pos + 1)
+        return found
+
+    def _ids_named(self, name: str) -> list[int]:
+        """Type ids whose name is ``name``, in id order (C-speed scans of the name list)."""
+        ids: list[int] = []
+        for soff in self._name_offsets(name):
+            start = 1
+            while True:
+                try:
+                    tid = self._names.index(soff, start)
+                except ValueError:
+                    break
+                ids.append(tid)
+                start = tid + 1
+        return sorted(ids)
+
+    # -- public ----------------------------------------------------------------------------
 
     def struct(self, name: str) -> StructLayout | None:
-        tid = self.find(name)
-        return None if tid is None else self._layout(tid, 0)
+        """The expanded layout of struct/union ``name`` (or of a typedef naming one)."""
+        if name not in self._cache:
+            self._cache[name] = self._find(name)
+        return self._cache[name]
 
-    def _strip(self, tid: int) -> int:
-        """Follow typedef/const/volatile/restrict/type_tag to the underlying type."""
-        for _ in range(MAX_CHAIN):
-            if tid == 0:
-                return 0
-            _n, kind, _v, ref = self._record(tid)
-            if kind not in QUALIFIERS:
-                return tid
-            tid = ref
-        raise self._fail(f"type chain longer than {MAX_CHAIN} at id {tid} (a loop?)")
-
-    def _layout(self, tid: int, depth: int) -> StructLayout:
-        if depth > MAX_NESTING:
-            raise self._fail(f"structs nested more than {MAX_NESTING} deep at id {tid}")
-        name_off, kind, vlen, size = self._record(tid)
-        kflag = self._kind_flag(tid)
-        base = self._offsets[tid] + TYPE.size
-        fields = []
-        for i in range(vlen):
-            m_name, m_type, m_off = MEMBER.unpack_from(self._types, base + i * MEMBER.size)
-            bit_off, bit_size = (m_off & 0xFFFFFF, m_off >> 24) if kflag else (m_off, 0)
-            fields.append(self._field(self._name(m_name), m_type, bit_off, bit_size, depth))
-        return StructLayout(self._name(name_off) or None, size,
-                            "union" if kind == UNION else "struct", tuple(fields))
-
-    def _kind_flag(self, tid: int) -> bool:
-        return bool(TYPE.unpack_from(self._types, self._offsets[tid])[1] >> 31)
-
-    def _field(self, name: str, type_id: int, bit_off: int, bit_size: int, depth: int) -> Field:
-        named = self._named(type_id)
-        real = self._strip(type_id)
-        if real == 0:
-            return Field(name, bit_off // 8, 0, "void", named, bit_size)
-        _n, kind, _v, _s = self._record(real)
-        layout = self._layout(real, depth + 1) if kind in (STRUCT, UNION) else None
-        return Field(name, bit_off // 8, self._size(real), KINDS[kind].model_kind, named,
-                     bit_size, layout)
-
-    def _named(self, type_id: int) -> str | None:
-        """The first name along the qualifier chain: the typedef or struct as written."""
-        tid = type_id
-        for _ in range(MAX_CHAIN):
-            if tid == 0:
-                return None
-            name_off, kind, _v, ref = self._record(tid)
-            if name_off:
-                return self._name(name_off)
-            if kind not in QUALIFIERS:
-                return None
-            tid = ref
+    def _find(self, name: str) -> StructLayout | None:
+        ids = self._ids_named(name)
+        kinds = {tid: self._head(tid, "lookup")[0] for tid in ids}
+        for tid in ids:
+            if kinds[tid] in (K_STRUCT, K_UNION):
+                return self._layout(tid, 0)
+        for tid in ids:
+            if kinds[tid] == K_TYPEDEF:
+                target, _ = self._strip(tid, f"typedef {name}")
+                if self._head(target, f"typedef {name}")[0] in (K_STRUCT, K_UNION):
+                    layout = self._layout(target, 0)
+                    return layout if layout.name else StructLayout(
+                        name, layout.size, layout.kind, layout.fields)
         return None
 
-    def _size(self, tid: int) -> int:
-        for _ in range(MAX_CHAIN):
-            _n, kind, _v, size = self._record(tid)
-            if kind == PTR:
-                return self.ptr_size
-            if kind == ARRAY:
-                off = self._offsets[tid] + TYPE.size
-                elem, _index, count = struct.unpack_from("<III", self._types, off)
-                return count * self._size(self._strip(elem)) if elem else 0
-            if kind in QUALIFIERS:
-                tid = self._strip(tid)
-                continue
-            if kind in (1, 4, 5, 6, 16, 19):
-                return size & 0xFFFFFFFF
+    # -- decoding --------------------------------------------------------------------------
+
+    def _strip(self, tid: int, user: str) -> tuple[int, str | None]:
+        """Follow typedefs and qualifiers to the real type; also the name "as written".
+
+        The name is the first typedef met, else the real type's own name (None if anonymous).
+        """
+        written: str | None = None
+        for _ in range(MAX_CHASE):
+            if tid == 0:
+                return 0, written
+            kind, _info, nxt = self._head(tid, user)
+            if not KINDS[kind].qualifier:
+                if written is None and kind in NAMED:
+                    written = self._name(tid) or None
+                return tid, written
+            if kind == K_TYPEDEF and written is None:
+                written = self._name(tid) or None
+            tid = nxt
+        raise self.error(f".BTF {user}: typedef/qualifier chain longer than {MAX_CHASE} links "
+                         f"(a reference cycle)")
+
+    def _size(self, tid: int, user: str, depth: int = 0) -> int:
+        """Byte size of an already-stripped type."""
+        if tid == 0:
             return 0
-        raise self._fail(f"cannot size type {tid}")
+        if depth > MAX_NESTING:
+            raise self.error(f".BTF {user}: arrays nested deeper than {MAX_NESTING} (a cycle)")
+        kind, _info, size = self._head(tid, user)
+        if kind in SIZED:
+            return size
+        if kind == K_PTR:
+            return self.ptr_size
+        if kind == K_ARRAY:
+            elem, _index, nelems = ARRAY.unpack_from(self._types, self._offs[tid] + 12)
+            elem, _ = self._strip(elem, user)
+            return nelems * self._size(elem, user, depth + 1)
+        return 0
+
+    def _layout(self, tid: int, depth: int) -> StructLayout:
+        """Decode struct/union ``tid`` and everything embedded in it by value."""
+        if tid in self._layouts:
+            return self._layouts[tid]
+        if depth > MAX_NESTING:
+            raise self.error(f".BTF type {tid}: structs nested deeper than {MAX_NESTING} "
+                             f"(a struct containing itself?)")
+        kind, info, size = self._head(tid, "lookup")
+        owner = self._name(tid) or None
+        base = self._offs[tid] + 12
+        fields = tuple(self._member(MEMBER.unpack_from(self._types, base + 12 * i),
+                                    bool(info >> 31), owner or f"type {tid}", depth)
+                       for i in range(info & 0xFFFF))
+        layout = StructLayout(owner, size, "union" if kind == K_UNION else "struct", fields)
+        self._layouts[tid] = layout
+        return layout
+
+    def _member(self, raw: tuple[int, int, int], kind_flag: bool, owner: str,
+                depth: int) -> Field:
+        name_off, mtype, moff = raw
+        name = self._string(name_off, f"member of {owner}")
+        user = f"member {name or '(anonymous)'} of {owner}"
+        bit_off, bit_size = (moff & 0xFFFFFF, moff >> 24) if kind_flag else (moff, 0)
+        tid, written = self._strip(mtype, user)
+        kind = self._head(tid, user)[0] if tid else 0
+        if not kind_flag and kind == K_INT:
+            bit_off, bit_size = self._int_bits(tid, bit_off, user)
+        model: Kind = KINDS[kind].model if kind else "void"
+        layout = self._layout(tid, depth + 1) if kind in (K_STRUCT, K_UNION) else None
+        return Field(name, bit_off // 8, self._size(tid, user), model, written, bit_size, layout)
+
+    def _int_bits(self, tid: int, bit_off: int, user: str) -> tuple[int, int]:
+        """Old-style bitfields: the INT's own encoding says how many bits and where."""
+        _kind, _info, size = self._head(tid, user)
+        (enc,) = U32.unpack_from(self._types, self._offs[tid] + 12)
+        nr_bits, int_off = enc & 0xFF, (enc >> 16) & 0xFF
+        if nr_bits and nr_bits != size * 8:
+            return bit_off + int_off, nr_bits
+        return bit_off + int_off, 0
