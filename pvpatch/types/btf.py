@@ -12,7 +12,11 @@ Format: ``Documentation/bpf/btf.rst`` in the kernel tree (header, then type and 
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pvpatch.errors import InputError
@@ -22,13 +26,11 @@ from pvpatch.types.model import Field, Kind, StructLayout
 BTF_MAGIC = 0xEB9F
 #: magic, version, flags, hdr_len, type_off, type_len, str_off, str_len
 HEADER = struct.Struct("<HBBIIIII")
-#: every type record starts with name_off, info (vlen | kind << 24 | kind_flag << 31), size/type
-TYPE_HEAD = struct.Struct("<III")
-#: struct/union member: name_off, type, offset (bits; with kind_flag: bitfield size << 24 | bits)
-MEMBER = struct.Struct("<III")
-#: BTF_KIND_ARRAY payload: element type, index type, nelems
-ARRAY = struct.Struct("<III")
-U32 = struct.Struct("<I")
+# The type section is read as little-endian 32-bit words; every record is a whole number of them:
+#   header   name_off, info (vlen | kind << 24 | kind_flag << 31), size-or-type
+#   member   name_off, type, offset (bits; with kind_flag: bitfield_size << 24 | bit offset)
+#   array    elem_type, index_type, nelems
+#   int      encoding (nr_bits | bit offset << 16 | flags << 24)
 
 #: a chain of typedefs/qualifiers longer than this is a cycle in a lying file
 MAX_CHASE = 64
@@ -75,11 +77,12 @@ SIZED = frozenset({1, 4, 5, 6, 16, 19})
 #: kinds whose own name is the name "as written" when no typedef was seen
 NAMED = frozenset({1, 4, 5, 6, 7, 16, 19})
 
-# Flat lookup tables for the indexing loop, which runs once per type (~130k times).
-_EXTRA = [-1] * 32
+# Flat tables for the indexing loop, in words: record length = _STEP + _PER_VLEN * vlen.
+# An unknown kind gets a step that lands far past any section end (see BtfTypes._index).
+_STEP = [1 << 40] * 32
 _PER_VLEN = [0] * 32
 for _k, _d in KINDS.items():
-    _EXTRA[_k], _PER_VLEN[_k] = _d.extra, _d.per_vlen
+    _STEP[_k], _PER_VLEN[_k] = 3 + _d.extra // 4, _d.per_vlen // 4
 
 
 class BtfTypes:
@@ -91,7 +94,7 @@ class BtfTypes:
         """``label`` names the file in errors; ``ptr_size`` because BTF does not record it."""
         self.label = label
         self.ptr_size = ptr_size
-        self._types, self._strs = self._split(memoryview(data))
+        self._words, self._strs = self._split(memoryview(data))
         self._offs, self._names = self._index()
         self._cache: dict[str, StructLayout | None] = {}
         self._layouts: dict[int, StructLayout] = {}
@@ -109,8 +112,8 @@ class BtfTypes:
 
     # -- header and index ------------------------------------------------------------------
 
-    def _split(self, data: memoryview) -> tuple[memoryview, bytes]:
-        """Validate the header; return the type section and a copy of the string section."""
+    def _split(self, data: memoryview) -> tuple[Sequence[int], bytes]:
+        """Validate the header; return the type section as words and the string section."""
         if len(data) < HEADER.size:
             raise self.error(f".BTF is {len(data)} bytes, too short for the "
                              f"{HEADER.size}-byte header")
@@ -132,34 +135,49 @@ class BtfTypes:
         strs = bytes(body[str_off:str_off + str_len])
         if strs and (strs[0] != 0 or strs[-1] != 0):
             raise self.error(".BTF string section does not start and end with a NUL byte")
-        return body[type_off:type_off + type_len], strs
+        if type_len % 4:
+            raise self.error(f".BTF type section length {type_len:#x} is not a multiple of 4")
+        return _words(body[type_off:type_off + type_len]), strs
 
     def _index(self) -> tuple[list[int], list[int]]:
-        """One pass over the type section: start offset and name offset of every type id.
+        """One pass over the type section: word index and name offset of every type id.
 
-        Id 0 is ``void`` and has no record; placeholders keep list index == type id.
+        Id 0 is ``void`` and has no record; placeholders keep list index == type id. The loop
+        runs ~130k times on a distribution kernel, so it does no checks: unknown kinds jump far
+        past the end, and any mismatch is diagnosed afterwards by :meth:`_diagnose`.
         """
-        buf, end = self._types, len(self._types)
-        head = TYPE_HEAD.unpack_from
-        extra, per_vlen = _EXTRA, _PER_VLEN
-        offs, names = [0], [0]
-        off = 0
-        while off < end:
-            if off + 12 > end:
-                raise self.error(f".BTF type {len(offs)} at type-section offset {off:#x} is "
-                                 f"truncated (section is {end:#x} bytes)")
-            name_off, info, _ = head(buf, off)
-            kind = (info >> 24) & 0x1F
-            if extra[kind] < 0:
-                raise self.error(f".BTF type {len(offs)} at type-section offset {off:#x} has "
-                                 f"unknown kind {kind}")
-            offs.append(off)
-            names.append(name_off)
-            off += 12 + extra[kind] + per_vlen[kind] * (info & 0xFFFF)
-        if off != end:
-            raise self.error(f".BTF type {len(offs) - 1} at type-section offset "
-                             f"{offs[-1]:#x} runs past the type section end ({end:#x})")
-        return offs, names
+        w, end = self._words, len(self._words)
+        step, per_vlen = _STEP, _PER_VLEN
+        offs = [0]
+        append = offs.append
+        i = 0
+        try:
+            while i < end:
+                info = w[i + 1]
+                kind = (info >> 24) & 0x1F
+                append(i)
+                i += step[kind] + per_vlen[kind] * (info & 0xFFFF)
+        except IndexError:
+            i = end + 1
+        if i != end:
+            self._diagnose()
+        return offs, [0, *(w[j] for j in offs[1:])]
+
+    def _diagnose(self) -> None:
+        """Walk the type section again, checking each record, to say what is wrong."""
+        w, end, i, tid = self._words, len(self._words), 0, 1
+        while i < end:
+            where = f".BTF type {tid} at type-section offset {4 * i:#x}"
+            if i + 3 > end:
+                raise self.error(f"{where} is truncated (section is {4 * end:#x} bytes)")
+            kind = (w[i + 1] >> 24) & 0x1F
+            if kind not in KINDS:
+                raise self.error(f"{where} has unknown kind {kind}")
+            nxt = i + _STEP[kind] + _PER_VLEN[kind] * (w[i + 1] & 0xFFFF)
+            if nxt > end:
+                raise self.error(f"{where} ({KINDS[kind].name}, {w[i + 1] & 0xFFFF} entries) "
+                                 f"runs past the type section end ({4 * end:#x})")
+            i, tid = nxt, tid + 1
 
     @property
     def count(self) -> int:
@@ -173,8 +191,9 @@ class BtfTypes:
         if not 0 < tid < len(self._offs):
             raise self.error(f".BTF {user} refers to type id {tid}, but ids run from 1 to "
                              f"{self.count}")
-        _name, info, size = TYPE_HEAD.unpack_from(self._types, self._offs[tid])
-        return (info >> 24) & 0x1F, info, size
+        i = self._offs[tid]
+        info = self._words[i + 1]
+        return (info >> 24) & 0x1F, info, self._words[i + 2]
 
     def _name(self, tid: int) -> str:
         """The name of type ``tid`` ("" when anonymous)."""
@@ -190,29 +209,37 @@ class BtfTypes:
         return self._strs[off:end].decode("utf-8", "replace")
 
     def _name_offsets(self, name: str) -> set[int]:
-        """Every string-section offset holding exactly ``name``."""
-        needle = name.encode()
-        if not needle or b"\0" in needle:
+        """Every string-section offset that reads as exactly ``name``.
+
+        A writer may share suffixes ("u8" inside "__u8"), so any position followed by the name
+        and a NUL counts, not only those right after a NUL.
+        """
+        needle = name.encode() + b"\0"
+        if len(needle) == 1 or b"\0" in needle[:-1]:
             return set()
-        found, pat = set(), b"\0" + needle + b"\0"
-        pos = self._strs.find(pat)
+        found: set[int] = set()
+        pos = self._strs.find(needle, 1)
         while pos >= 0:
-            found.add(pos + 1)
-            pos = self._strs.find(pat, pos + 1)
+            found.add(pos)
+            pos = self._strs.find(needle, pos + 1)
         return found
 
     def _ids_named(self, name: str) -> list[int]:
-        """Type ids whose name is ``name``, in id order (C-speed scans of the name list)."""
+        """Type ids whose name is ``name``, in id order.
+
+        Usually the name is stored once, and ``list.index`` finds its users at C speed; only
+        names with many spellings (short suffixes) need the slower Python scan.
+        """
+        offsets = self._name_offsets(name)
+        if len(offsets) > 4:
+            return [tid for tid, off in enumerate(self._names) if off in offsets]
         ids: list[int] = []
-        for soff in self._name_offsets(name):
-            start = 1
-            while True:
-                try:
-                    tid = self._names.index(soff, start)
-                except ValueError:
-                    break
-                ids.append(tid)
-                start = tid + 1
+        for off in offsets:
+            tid = 0
+            with contextlib.suppress(ValueError):
+                while True:
+                    tid = self._names.index(off, tid + 1)
+                    ids.append(tid)
         return sorted(ids)
 
     # -- public ----------------------------------------------------------------------------
@@ -272,7 +299,8 @@ class BtfTypes:
         if kind == K_PTR:
             return self.ptr_size
         if kind == K_ARRAY:
-            elem, _index, nelems = ARRAY.unpack_from(self._types, self._offs[tid] + 12)
+            i = self._offs[tid] + 3
+            elem, nelems = self._words[i], self._words[i + 2]
             elem, _ = self._strip(elem, user)
             return nelems * self._size(elem, user, depth + 1)
         return 0
@@ -286,10 +314,10 @@ class BtfTypes:
                              f"(a struct containing itself?)")
         kind, info, size = self._head(tid, "lookup")
         owner = self._name(tid) or None
-        base = self._offs[tid] + 12
-        fields = tuple(self._member(MEMBER.unpack_from(self._types, base + 12 * i),
-                                    bool(info >> 31), owner or f"type {tid}", depth)
-                       for i in range(info & 0xFFFF))
+        w, base = self._words, self._offs[tid] + 3
+        fields = tuple(self._member((w[i], w[i + 1], w[i + 2]), bool(info >> 31),
+                                    owner or f"type {tid}", depth)
+                       for i in range(base, base + 3 * (info & 0xFFFF), 3))
         layout = StructLayout(owner, size, "union" if kind == K_UNION else "struct", fields)
         self._layouts[tid] = layout
         return layout
@@ -311,8 +339,19 @@ class BtfTypes:
     def _int_bits(self, tid: int, bit_off: int, user: str) -> tuple[int, int]:
         """Old-style bitfields: the INT's own encoding says how many bits and where."""
         _kind, _info, size = self._head(tid, user)
-        (enc,) = U32.unpack_from(self._types, self._offs[tid] + 12)
+        enc = self._words[self._offs[tid] + 3]
         nr_bits, int_off = enc & 0xFF, (enc >> 16) & 0xFF
         if nr_bits and nr_bits != size * 8:
             return bit_off + int_off, nr_bits
         return bit_off + int_off, 0
+
+
+def _words(data: memoryview) -> Sequence[int]:
+    """View little-endian bytes as unsigned 32-bit words, without a copy where possible."""
+    if sys.byteorder == "little" and array("I").itemsize == 4:
+        return data.cast("B").cast("I")
+    words = array("I" if array("I").itemsize == 4 else "L")
+    words.frombytes(bytes(data))
+    if sys.byteorder != "little":
+        words.byteswap()
+    return words
