@@ -148,3 +148,24 @@ def test_unwritable_target_is_a_one_line_error(kernel, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "cannot create a file in" in r.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_clobber_violation_is_reported_with_site_op_target_and_registers(tmp_path):
+    bad = str(assemble("pv_kernel61.S", 64, defsyms={"BAD_CLOBBER": 1}))
+    d = json.loads(run("apply", bad, "--dry-run", "--json", "--backend", "xen").stdout)
+    flagged = [s for s in d["sites"] if s["problems"]]
+    assert [(s["op"], s["target"]) for s in flagged] == [("irq.save_fl", "xen_save_fl_direct")]
+    assert flagged[0]["clobber_violations"] == ["rcx"]
+    assert "outside the site's mask 0x1 (rax)" in flagged[0]["problems"][0]
+    r = run("apply", bad, "--dry-run", "--backend", "xen", "--check")
+    assert r.returncode == 1 and "problems  1" in r.stdout
+
+
+def test_callee_save_thunk_is_verified_from_its_code(kernel):
+    d = json.loads(run("apply", kernel, "--dry-run", "--json", "--backend", "xen").stdout)
+    site = next(s for s in d["sites"] if s["op"] == "lock.vcpu_is_preempted")
+    assert site["target"] == "__raw_callee_save_xen_vcpu_stolen"
+    assert site["clobbers"] == [] and site["clobber_source"].startswith("code of")
+    assert not site["problems"]
+    r = run("apply", kernel, "--dry-run", "--backend", "xen", "--check")
+    assert r.returncode == 0

@@ -24,6 +24,7 @@ from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
+from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
 from pvpatch.patch.nops import NopTable
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
@@ -42,6 +43,9 @@ class SitePatch:
     reason: str = ""
     alternatives: list[AltEntry] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    clobbered: list[str] | None = None  # what the replacement may write (None: no mask)
+    clobber_source: str = ""
+    violations: list[str] = field(default_factory=list)  # registers outside the mask
 
     @property
     def changed(self) -> bool:
@@ -82,6 +86,7 @@ def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -
     patches = [_paravirt_patch(model, backend, s, nops, nop_fn, bug_fn, era)
                for s in model.sites.sites]
     used, left = _apply_alternatives(model, backend, alts, patches, nops)
+    check_clobbers(model, patches)
     return PatchPlan(backend, nops, era.bug_function, patches, used, left)
 
 
@@ -227,6 +232,33 @@ def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
         else:
             i += size
     return bytes(out)
+
+
+# -- clobber-mask validation -----------------------------------------------------------------
+
+def check_clobbers(model: KernelModel, patches: list[SitePatch]) -> None:
+    """Where a record carries a clobber mask, the replacement must stay inside it."""
+    analyzer = ClobberAnalyzer(model.image)
+    bits = model.clobber_bits
+    for sp in patches:
+        mask = sp.site.clobbers
+        if mask is None or sp.outcome == "unpatched":
+            continue
+        allowed = {FAMILY.get(r, r) for r in bits.decode(mask)}
+        if sp.outcome in ("direct-call", "bug-call") and sp.target is not None:
+            if C_ABI[model.image.bits] <= allowed:  # any C function fits: nothing to prove
+                found = Clobbers(C_ABI[model.image.bits], "C ABI (the mask allows it all)")
+            else:
+                found = analyzer.for_target(sp.target)
+        else:
+            found = analyzer.inline(sp.after, sp.site.address)
+        sp.clobbered = sorted(found.regs, key=GPR64.index)
+        sp.clobber_source = found.how
+        sp.violations = [r for r in sp.clobbered if r not in allowed]
+        if sp.violations:
+            sp.problems.append(f"clobbers {','.join(sp.violations)} outside the site's mask "
+                               f"{mask:#x} ({','.join(bits.decode(mask)) or 'none'}); "
+                               f"from {found.how}")
 
 
 def _reclassify_call(model: KernelModel, sp: SitePatch, code: bytes) -> None:

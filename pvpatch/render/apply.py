@@ -30,6 +30,10 @@ def patch_dict(p: SitePatch, bits: int) -> dict:
         "after_text": disasm(p.after, s.address, bits),
         "reason": p.reason,
         "alternatives": [a.index for a in p.alternatives],
+        "clobber_mask": s.clobbers,
+        "clobbers": p.clobbered,
+        "clobber_source": p.clobber_source or None,
+        "clobber_violations": p.violations,
         "problems": p.problems,
     }
 
