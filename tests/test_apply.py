@@ -169,3 +169,27 @@ def test_callee_save_thunk_is_verified_from_its_code(kernel):
     assert not site["problems"]
     r = run("apply", kernel, "--dry-run", "--backend", "xen", "--check")
     assert r.returncode == 0
+
+
+@pytest.mark.parametrize("backend", ["native", "xen"])
+def test_diff_classifies_what_apply_wrote(kernel, tmp_path, backend):
+    out = tmp_path / "patched"
+    assert run("apply", kernel, "-o", str(out), "--backend", backend).returncode == 0
+    planned = json.loads(run("apply", kernel, "--dry-run", "--json", "--backend",
+                             backend).stdout)
+    seen = json.loads(run("diff", kernel, str(out), "--json").stdout)
+    assert seen["counts"] == planned["counts"]
+    assert [s["after"] for s in seen["sites"]] == [s["after"] for s in planned["sites"]]
+    text = run("diff", kernel, str(out), "--sites", "--changed").stdout
+    assert "→" in text and "sites     13, 13 differ" in text
+
+
+def test_inspect_backend_explains_every_target(kernel):
+    d = json.loads(run("inspect", kernel, "--json", "--backend", "xen", "--vcpus", "1").stdout)
+    ops = {o["op"]: o for o in d["backend"]["ops"]}
+    assert ops["irq.save_fl"]["target"] == "xen_save_fl_direct"
+    assert "xen_setup_vcpu_info_placement" in ops["irq.save_fl"]["reason"]
+    assert ops["mmu.alloc_p4d"]["target"] == "NULL"
+    assert ops["lock.kick"]["target"] == "_paravirt_nop"  # 1 vCPU: pv spinlocks stay off
+    text = run("inspect", kernel, "--backend", "xen").stdout
+    assert "xen_qlock_kick" in text and "xen_init_spinlocks" in text

@@ -42,6 +42,7 @@ def cli() -> None:
       pvpatch inspect vmlinux --sites --op irq.save_fl
       pvpatch notes vmlinux --check           would Xen's domain builder load it?
       pvpatch apply vmlinux -o out --backend xen   the kernel as a Xen PV guest patches it
+      pvpatch diff vmlinux out                what changed at each site, classified
 
     Every command takes --json for machine-readable output (schemas in docs/).
     Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input.
@@ -49,11 +50,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from pvpatch.cli import apply_cmd, inspect_cmd, notes_cmd
+    from pvpatch.cli import apply_cmd, diff_cmd, inspect_cmd, notes_cmd
 
     cli.add_command(inspect_cmd.inspect)
     cli.add_command(notes_cmd.notes)
     cli.add_command(apply_cmd.apply)
+    cli.add_command(diff_cmd.diff)
 
 
 _register()

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from pvpatch.backends import BACKENDS, load_backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
@@ -22,9 +23,13 @@ from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
 @click.option("--layout", metavar="NAME",
               help="Force a .parainstructions record layout instead of detecting it "
                    "(e.g. x86_64+stale-clobbers, i386+clobbers).")
+@click.option("--backend", type=click.Choice(BACKENDS),
+              help="Also resolve every op for a backend and say why it gets that target.")
+@click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
+              help="Xen: vCPUs the guest boots with.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/inspect.md).")
 def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tuple[str, ...],
-            layout: str | None, as_json: bool) -> None:
+            layout: str | None, backend: str | None, vcpus: int, as_json: bool) -> None:
     """Show the paravirt call sites of VMLINUX and where each pv op points natively.
 
     The summary gives the kernel version, the .parainstructions record layout and how it was
@@ -36,14 +41,16 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
       pvpatch inspect vmlinux
       pvpatch inspect vmlinux --sites --op 'irq.*'
       pvpatch inspect vmlinux --sites --function 'native_flush_tlb*'
+      pvpatch inspect vmlinux --backend xen --vcpus 1     every op's Xen target and why
       pvpatch inspect vmlinux --json | jq '.ops[] | select(.native_target == "NULL")'
     """
     with KernelModel.open(vmlinux, layout) as model:
         sites = select(model.sites.sites, ops, functions)
+        be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
-            click.echo(json.dumps(inspect_dict(model, sites), indent=1))
+            click.echo(json.dumps(inspect_dict(model, sites, be), indent=1))
             return
-        click.echo(render_summary(model, sites))
+        click.echo(render_summary(model, sites, be))
         if list_sites:
             click.echo("")
             click.echo(render_sites(model, sites))

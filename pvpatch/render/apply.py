@@ -77,17 +77,22 @@ def render_summary(plan: PatchPlan, header: list[str]) -> str:
                  f"{plan.alternatives_left} others left as built (CPU-dependent)")
     problems = sum(len(p.problems) for p in plan.patches)
     lines.append(f"  problems  {problems or 'none'}")
+    lines += ["", render_ops(plan.patches)]
+    return "\n".join(lines)
+
+
+def render_ops(patches: list[SitePatch]) -> str:
+    """One row per op: how many sites, which outcomes, the most common target."""
     rows = []
     targets: dict[str, Counter] = defaultdict(Counter)
-    for p in plan.patches:
+    for p in patches:
         targets[p.site.op][p.target_name or ("(inline)" if p.outcome == "inline-native" else
                                              p.outcome)] += 1
-    for op, c in sorted(per_op(plan.patches).items()):
+    for op, c in sorted(per_op(patches).items()):
         main_target = targets[op].most_common(1)[0][0]
         rows.append((op, str(sum(c.values())), ", ".join(f"{k} {v}" for k, v in c.items()),
                      main_target))
-    lines += ["", table(("op", "sites", "outcome", "target"), rows, right=(1,))]
-    return "\n".join(lines)
+    return table(("op", "sites", "outcome", "target"), rows, right=(1,))
 
 
 def render_sites(patches: list[SitePatch], bits: int) -> str:

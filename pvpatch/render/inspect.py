@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from pvpatch.backends import Backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.render.table import table
@@ -58,7 +59,14 @@ def site_dict(s: Site, clobber_names: list[str] | None) -> dict:
     }
 
 
-def inspect_dict(model: KernelModel, sites: list[Site]) -> dict:
+def backend_ops(backend: Backend) -> list[dict]:
+    """Every slot of the backend, whether or not a site calls it: target and why."""
+    return [{"op": r.slot.name, "type": r.slot.index, "target": r.name,
+             "target_address": _hex(r.value), "reason": r.reason}
+            for _i, r in sorted(backend.slots.items())]
+
+
+def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> dict:
     table_ = model.sites
     v = model.version
     lay = table_.layout
@@ -83,6 +91,9 @@ def inspect_dict(model: KernelModel, sites: list[Site]) -> dict:
         "ops": [{"op": o.op, "type": o.slot, "sites": o.sites, "native_target": o.native_target,
                  "native_address": _hex(o.native_address)} for o in summarize_ops(sites)],
         "problems": sum(len(s.problems) for s in sites),
+        "backend": None if backend is None else {
+            "name": backend.name, "description": backend.description,
+            "features": backend.feature_reasons, "ops": backend_ops(backend)},
         "sites": [site_dict(s, _clobber_names(model, s)) for s in sites],
     }
 
@@ -91,8 +102,8 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
     return None if s.clobbers is None else model.clobber_bits.decode(s.clobbers)
 
 
-def render_summary(model: KernelModel, sites: list[Site]) -> str:
-    d = inspect_dict(model, sites)
+def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> str:
+    d = inspect_dict(model, sites, backend)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"
@@ -113,7 +124,15 @@ def render_summary(model: KernelModel, sites: list[Site]) -> str:
     shown = "" if d["selected"] == d["site_count"] else f" (of {d['site_count']})"
     lines.append(f"  sites     {d['selected']}{shown}: {per_sec or 'none'}")
     lines.append(f"  problems  {d['problems'] or 'none'}")
-    if d["ops"]:
+    if backend is not None:
+        lines.append(f"  backend   {backend.name}: {backend.description}")
+        lines += [f"            {k}: {v}" for k, v in backend.feature_reasons.items()]
+        counts = Counter(s.type for s in sites)
+        rows = [(o["op"], str(o["type"]), str(counts.get(o["type"], 0)), o["target"] or "?",
+                 o["reason"]) for o in d["backend"]["ops"]]
+        lines += ["", table(("op", "type", "sites", f"{backend.name} target", "why"), rows,
+                            right=(1, 2))]
+    elif d["ops"]:
         rows = [(o["op"], str(o["type"]), str(o["sites"]), o["native_target"] or "?")
                 for o in d["ops"]]
         lines.append("")
