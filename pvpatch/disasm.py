@@ -39,8 +39,32 @@ def _decoder(bits: int) -> capstone.Cs:
     return md
 
 
+def _indirect_call(code: bytes, address: int, bits: int) -> Insn | None:
+    """Fast path for the one encoding nearly every pv site uses: ``ff 15 disp32``.
+
+    Decoding ~4000 sites through capstone's detail mode costs more than the rest of
+    ``inspect``; this produces exactly capstone's AT&T text (a test holds it to that).
+    """
+    if len(code) != 6 or code[0] != 0xFF or code[1] != 0x15:
+        return None
+    disp = int.from_bytes(code[2:6], "little", signed=True)
+    if bits == 64:
+        sign = "-" if disp < 0 else ""
+        return Insn(address, 6, "callq", f"*{sign}{abs(disp):#x}(%rip)", code,
+                    (address + 6 + disp) & 0xFFFFFFFFFFFFFFFF, True)
+    return Insn(address, 6, "calll", f"*{disp & 0xFFFFFFFF:#x}", code, disp & 0xFFFFFFFF, True)
+
+
 def decode(code: bytes, address: int, bits: int) -> list[Insn]:
     """Decode all of ``code``; stops early at bytes capstone cannot decode."""
+    fast = _indirect_call(code, address, bits)
+    if fast is not None:
+        return [fast]
+    return decode_slow(code, address, bits)
+
+
+def decode_slow(code: bytes, address: int, bits: int) -> list[Insn]:
+    """Decode through capstone, always."""
     mask = (1 << bits) - 1
     out = []
     for i in _decoder(bits).disasm(code, address):

@@ -14,6 +14,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,12 +51,19 @@ def run_once(case: Case) -> None:
         sys.exit(f"bench: {' '.join(case.argv)} failed: {err.strip()}")
 
 
-def pairs(vmlinux: str) -> list[Pair]:
+def pairs(vmlinux: str, scratch: str) -> list[Pair]:
     pv = str(VENV_BIN / "pvpatch")
-    out = [Pair("inspect --json vs readelf -sW -n",
-                Case("pvpatch inspect --json", [pv, "inspect", "--json", vmlinux]),
-                Case("readelf -sW -n", ["readelf", "-sW", "-n", vmlinux]), 3.0, 150)]
-    return out
+    out_apply = os.path.join(scratch, "apply.out")
+    out_cp = os.path.join(scratch, "cp.out")
+    return [
+        Pair("inspect --json vs readelf -sW -n",
+             Case("pvpatch inspect --json", [pv, "inspect", "--json", vmlinux]),
+             Case("readelf -sW -n", ["readelf", "-sW", "-n", vmlinux]), 3.0, 150),
+        Pair("apply vs cp of the same file",
+             Case("pvpatch apply --backend xen", [pv, "apply", vmlinux, "-o", out_apply,
+                                                  "--backend", "xen"]),
+             Case("cp", ["cp", vmlinux, out_cp]), 1.5, 200),
+    ]
 
 
 def main() -> int:
@@ -67,7 +75,15 @@ def main() -> int:
         sys.exit("bench: readelf (binutils) is needed as the reference tool")
     size_mb = os.path.getsize(args.vmlinux) / 2**20
     print(f"bench: {args.vmlinux} ({size_mb:.0f} MB), {args.runs} runs each, median shown")
-    todo = pairs(args.vmlinux)
+    scratch = tempfile.mkdtemp(prefix="pvpatch-bench-",
+                               dir=os.path.dirname(os.path.abspath(args.vmlinux)))
+    try:
+        return measure(args, pairs(args.vmlinux, scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, todo: list[Pair]) -> int:
     for p in todo:  # warm the page cache so the first run is not an outlier
         run_once(p.reference)
         p.reference.walls.clear()

@@ -13,8 +13,8 @@ KIND = {"INT": 1, "PTR": 2, "ARRAY": 3, "STRUCT": 4, "UNION": 5, "ENUM": 6, "FWD
         "TYPEDEF": 8, "VOLATILE": 9, "CONST": 10, "RESTRICT": 11, "FUNC": 12, "FUNC_PROTO": 13,
         "VAR": 14, "DATASEC": 15, "FLOAT": 16, "DECL_TAG": 17, "TYPE_TAG": 18, "ENUM64": 19}
 
-#: (name, type id, offset in bits, bitfield size in bits (0: not a bitfield))
-Member = tuple[str, int, int, int]
+#: (name or raw string offset, type id, offset in bits, bitfield size in bits (0: none))
+Member = tuple[str | int, int, int, int]
 
 
 class BtfWriter:
@@ -60,7 +60,8 @@ class BtfWriter:
         """Members' bit sizes go into the offset word when ``kind_flag`` (default: if any)."""
         flag = any(m[3] for m in members) if kind_flag is None else kind_flag
         payload = b"".join(
-            struct.pack("<III", self.string(n), t, (bs << 24 | off) if flag else off)
+            struct.pack("<III", n if isinstance(n, int) else self.string(n), t,
+                        (bs << 24 | off) if flag else off)
             for n, t, off, bs in members)
         return self.raw("UNION" if union else "STRUCT", name, len(members), size, payload, flag)
 

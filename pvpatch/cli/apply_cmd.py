@@ -81,7 +81,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         with open(report_path, "w") as f:
             json.dump(report, f, indent=1)
     if as_json:
-        click.echo(json.dumps(report, indent=1))
+        click.echo(json.dumps(report))
     else:
         head = [f"{vmlinux}" + ("" if dry_run else f" → {target}"),
                 f"  sites     {len(p.patches)}, {len(changes)} changed"

@@ -51,7 +51,7 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, as_json: 
             "schema": "pvpatch.diff/1", "original": original, "patched": patched,
             "counts": dict(counts), "changed_sites": sum(p.changed for p in patches),
             "ops": {op: dict(c) for op, c in sorted(per_op(patches).items())},
-            "sites": [patch_dict(p, bits) for p in patches]}, indent=1))
+            "sites": [patch_dict(p, bits) for p in patches]}))
         return
     click.echo(f"{original} → {patched}")
     click.echo(f"  sites     {len(patches)}, {sum(p.changed for p in patches)} differ")

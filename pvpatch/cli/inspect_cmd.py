@@ -48,7 +48,7 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
         sites = select(model.sites.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
-            click.echo(json.dumps(inspect_dict(model, sites, be), indent=1))
+            click.echo(json.dumps(inspect_dict(model, sites, be)))
             return
         click.echo(render_summary(model, sites, be))
         if list_sites:

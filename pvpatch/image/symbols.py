@@ -1,12 +1,15 @@
 """The ELF symbol table: name → symbols and address → ``function+0xoff``.
 
-Kernels carry 100k–300k symbols. They are unpacked in bulk with ``struct.iter_unpack`` and
-names are decoded lazily, so a lookup-by-address costs a bisect, not a table walk.
+Kernels carry 100k–300k symbols, and a full Python pass over them costs more than everything
+else pvpatch does. So records are unpacked in bulk with ``struct.iter_unpack``, a name lookup
+searches the raw string and symbol tables with ``bytes.find`` (C speed), and only code symbols
+are sorted, once, for address lookups.
 """
 
 from __future__ import annotations
 
 import bisect
+import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -34,71 +37,85 @@ class Symbol:
 class SymbolTable:
     """Symbols of one image. ``source`` says where they came from (for reports)."""
 
-    def __init__(self, records: list[tuple[int, int, int, int, int]], strtab: bytes,
-                 source: str, exec_sections: list[tuple[int, int]]) -> None:
-        # records: (name_off, value, size, info, shndx)
-        self._records = records
+    def __init__(self, raw: bytes, bits: int, strtab: bytes, source: str,
+                 exec_sections: frozenset[int]) -> None:
+        self._layout = L.SYM[bits]
+        self._entsize = self._layout.size
+        self._raw = raw[:len(raw) - len(raw) % self._entsize]
+        # column positions inside a row tuple, per ELF class
+        (self._NAME, self._VALUE, self._SIZE, self._INFO, self._SHNDX) = \
+            (0, 4, 5, 1, 3) if bits == 64 else (0, 1, 2, 3, 5)
         self._strtab = strtab
         self.source = source
         self._exec = exec_sections
+        self._lookups: dict[str, list[Symbol]] = {}
 
     @classmethod
     def from_image(cls, image: ElfImage) -> SymbolTable:
         symtab = next((s for s in image.sections if s.type == L.SHT_SYMTAB), None)
+        exec_idx = frozenset(s.index for s in image.sections if s.is_exec and s.is_alloc)
         if symtab is None or not 0 < symtab.link < len(image.sections):
-            return cls([], b"", "none", [])
+            return cls(b"", image.bits, b"", "none", exec_idx)
         layout = L.SYM[image.bits]
         if symtab.entsize and symtab.entsize != layout.size:
             raise image.error(f".symtab entry size is {symtab.entsize}, expected {layout.size}")
-        data = image.section_data(symtab)
-        usable = len(data) - len(data) % layout.size
-        rows = layout.fmt.iter_unpack(data[:usable])
-        if image.bits == 64:  # name info other shndx value size
-            records = [(r[0], r[4], r[5], r[1], r[3]) for r in rows]
-        else:  # name value size info other shndx
-            records = [(r[0], r[1], r[2], r[3], r[5]) for r in rows]
         strtab = bytes(image.section_data(image.sections[symtab.link]))
-        exec_sections = [(s.addr, s.addr + s.size) for s in image.sections
-                         if s.is_exec and s.is_alloc and s.size]
-        return cls(records, strtab, ".symtab", exec_sections)
+        return cls(bytes(image.section_data(symtab)), image.bits, strtab, ".symtab", exec_idx)
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._raw) // self._entsize
+
+    def _row(self, i: int) -> tuple[int, ...]:
+        return self._layout.fmt.unpack_from(self._raw, i * self._entsize)
+
+    def _rows(self):
+        return self._layout.fmt.iter_unpack(self._raw)
 
     def _name(self, off: int) -> str:
         end = self._strtab.find(b"\0", off)
         return self._strtab[off:end if end >= 0 else len(self._strtab)].decode("latin-1")
 
     def _symbol(self, i: int) -> Symbol:
-        name_off, value, size, info, shndx = self._records[i]
-        return Symbol(self._name(name_off), value, size, info & 0xF, info >> 4, shndx)
+        r = self._row(i)
+        info = r[self._INFO]
+        return Symbol(self._name(r[self._NAME]), r[self._VALUE], r[self._SIZE], info & 0xF,
+                      info >> 4, r[self._SHNDX])
 
-    @cached_property
-    def _by_name_off(self) -> dict[int, list[int]]:
-        index: dict[int, list[int]] = {}
-        for i, (name_off, _v, _s, info, shndx) in enumerate(self._records):
-            if name_off and shndx != L.SHN_UNDEF and (info & 0xF) not in (L.STT_SECTION,
-                                                                            L.STT_FILE):
-                index.setdefault(name_off, []).append(i)
-        return index
+    def _defined(self, i: int) -> bool:
+        r = self._row(i)
+        return r[self._SHNDX] != L.SHN_UNDEF and (r[self._INFO] & 0xF) not in (L.STT_SECTION,
+                                                                               L.STT_FILE)
 
     def _indexes(self, name: str) -> list[int]:
-        """Records named ``name``: every place the string occurs in .strtab, then by offset.
+        """Defined records named ``name``: find the string, then records pointing at it.
 
-        Searching the string table (C speed) avoids decoding 100k+ names; a name stored as the
-        tail of a longer string is still found, since only its start offset matters.
+        A name stored as the tail of a longer string is found too: only its offset matters.
         """
         needle = name.encode("latin-1") + b"\0"
         found: list[int] = []
         pos = self._strtab.find(needle)
         while pos >= 0:
-            found.extend(self._by_name_off.get(pos, ()))
+            found.extend(self._records_named(pos))
             pos = self._strtab.find(needle, pos + 1)
-        return sorted(found)
+        return sorted(i for i in found if self._defined(i))
+
+    def _records_named(self, name_off: int) -> list[int]:
+        """Record indexes whose st_name is ``name_off`` (st_name is each record's first word)."""
+        key = struct.pack("<I", name_off)
+        out, pos, raw, size = [], self._raw.find(key), self._raw, self._entsize
+        while pos >= 0:
+            if pos % size == 0:
+                out.append(pos // size)
+                pos = raw.find(key, pos + size)
+            else:
+                pos = raw.find(key, pos + 1)
+        return out
 
     def lookup(self, name: str) -> list[Symbol]:
         """All defined symbols called ``name`` (locals may repeat across compile units)."""
-        return [self._symbol(i) for i in self._indexes(name)]
+        if name not in self._lookups:
+            self._lookups[name] = [self._symbol(i) for i in self._indexes(name)]
+        return self._lookups[name]
 
     def get(self, name: str) -> Symbol | None:
         """The symbol called ``name``, preferring a global definition."""
@@ -111,37 +128,40 @@ class SymbolTable:
         sym = self.get(name)
         return None if sym is None else sym.value
 
-    def _in_exec(self, addr: int) -> bool:
-        return any(lo <= addr < hi for lo, hi in self._exec)
-
     @cached_property
     def _code_index(self) -> tuple[list[int], list[int]]:
-        """Sorted (addresses, record indexes) of symbols that can name code locations.
+        """Sorted (addresses, record indexes) of the symbols that name code.
 
-        Functions win over other symbols at the same address; data objects and section or
-        file symbols never name code.
+        Function and untyped symbols defined in executable sections; at one address a
+        function beats a label, a global beats a local, a sized symbol an unsized one.
         """
-        best: dict[int, tuple[tuple[int, int, int], int]] = {}
-        for i, (name_off, value, size, info, shndx) in enumerate(self._records):
-            typ = info & 0xF
-            if not name_off or shndx == L.SHN_UNDEF or shndx >= L.SHN_LORESERVE:
-                continue
-            if typ not in (L.STT_FUNC, L.STT_NOTYPE) or not self._in_exec(value):
-                continue
-            rank = (typ == L.STT_FUNC, info >> 4 != 0, size)  # function, global, sized
-            old = best.get(value)
-            if old is None or rank > old[0]:
-                best[value] = (rank, i)
-        addrs = sorted(best)
-        return addrs, [best[a][1] for a in addrs]
+        N, V, INFO, X = self._NAME, self._VALUE, self._INFO, self._SHNDX
+        exe, code_types = self._exec, (L.STT_FUNC, L.STT_NOTYPE)
+        cand = [(r[V], i) for i, r in enumerate(self._rows())
+                if r[X] in exe and r[N] and (r[INFO] & 0xF) in code_types]
+        cand.sort()
+        addrs: list[int] = []
+        idx: list[int] = []
+        for value, i in cand:
+            if addrs and addrs[-1] == value:
+                if self._rank(i) > self._rank(idx[-1]):
+                    idx[-1] = i
+            else:
+                addrs.append(value)
+                idx.append(i)
+        return addrs, idx
+
+    def _rank(self, i: int) -> tuple[bool, bool, bool]:
+        r = self._row(i)
+        return (r[self._INFO] & 0xF) == L.STT_FUNC, r[self._INFO] >> 4 != 0, r[self._SIZE] != 0
 
     def containing(self, addr: int) -> tuple[Symbol, int] | None:
-        """The code symbol at or before ``addr`` and the offset into it."""
+        """The code symbol at or before ``addr`` and the offset into it (as kallsyms does)."""
         addrs, idx = self._code_index
         pos = bisect.bisect_right(addrs, addr) - 1
         if pos < 0:
             return None
-        sym = self._symbol(idx[pos])  # like kallsyms: the nearest preceding label names it
+        sym = self._symbol(idx[pos])
         return sym, addr - sym.value
 
     def describe(self, addr: int) -> str:
@@ -153,28 +173,20 @@ class SymbolTable:
         return sym.name if off == 0 else f"{sym.name}+{off:#x}"
 
     def at(self, addr: int) -> Symbol | None:
-        """A symbol whose value is exactly ``addr`` (functions first, then any other)."""
+        """The code symbol whose value is exactly ``addr``."""
         addrs, idx = self._code_index
         pos = bisect.bisect_left(addrs, addr)
         if pos < len(addrs) and addrs[pos] == addr:
             return self._symbol(idx[pos])
         return None
 
-    @cached_property
-    def _any_index(self) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for i, (name_off, value, _size, info, shndx) in enumerate(self._records):
-            typ = info & 0xF
-            if name_off and shndx != L.SHN_UNDEF and typ not in (L.STT_SECTION, L.STT_FILE):
-                prev = out.get(value)
-                if prev is None or (self._records[prev][3] & 0xF) != L.STT_FUNC:
-                    out[value] = i
-        return out
-
     def name_at(self, addr: int) -> str | None:
-        """Name of any symbol defined exactly at ``addr`` (code or data), functions first."""
+        """Name of any symbol defined exactly at ``addr``: code first, then data (a scan)."""
         sym = self.at(addr)
         if sym is not None:
             return sym.name
-        i = self._any_index.get(addr)
-        return None if i is None else self._symbol(i).name
+        V, N = self._VALUE, self._NAME
+        for i, r in enumerate(self._rows()):
+            if r[V] == addr and r[N] and self._defined(i):
+                return self._symbol(i).name
+        return None

@@ -182,16 +182,19 @@ def _first_invalid(image: ElfImage, records: list[Site]) -> str | None:
     return None
 
 
-def _code_problem(image: ElfImage, addr: int, length: int) -> str | None:
+def _code_problem(image: ElfImage, addr: int, length: int,
+                  insns: list[Insn] | None = None) -> str | None:
+    """Why the record at ``addr`` is not a pv call site of ``length`` bytes (None: it is)."""
     if not 0 < length <= MAX_SITE_LEN:
         return f"length {length} is outside 1..{MAX_SITE_LEN}"
     sec = image.section_at(addr, length)
     if sec is None or not sec.is_exec:
         return f"{addr:#x} is not in an executable section"
-    code = image.try_read(addr, length)
-    if code is None:
-        return f"{addr:#x} has no bytes in the file"
-    insns = decode(code, addr, image.bits)
+    if insns is None:
+        code = image.try_read(addr, length)
+        if code is None:
+            return f"{addr:#x} has no bytes in the file"
+        insns = decode(code, addr, image.bits)
     if sum(i.size for i in insns) != length:
         return f"the {length} bytes at {addr:#x} do not decode to whole instructions"
     if not any(i.is_indirect_branch for i in insns):
@@ -205,11 +208,11 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps) -> Site:
     sec = image.section_at(site.address, max(site.length, 1))
     site.section = sec.name if sec else None
     site.function = image.symbols.describe(site.address)
-    problem = _code_problem(image, site.address, site.length)
     code = image.try_read(site.address, site.length) if 0 < site.length <= MAX_SITE_LEN else None
     if code:
         site.insns = decode(code, site.address, image.bits)
         site.call_target = next((i.mem_target for i in site.insns if i.is_indirect_branch), None)
+    problem = _code_problem(image, site.address, site.length, site.insns if code else None)
     if problem:
         site.problems.append(problem)
     site.slot = pvops.slot(site.type)

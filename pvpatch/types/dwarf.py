@@ -44,7 +44,8 @@ MAX_CHASE = 64
 MAX_NESTING = 32
 #: what pyelftools raises on malformed DWARF (besides the builtins below)
 PARSE_ERRORS = (DWARFError, ELFError, ConstructError, KeyError, IndexError, ValueError,
-                struct.error, UnicodeDecodeError, NotImplementedError)
+                struct.error, UnicodeDecodeError, NotImplementedError, AssertionError,
+                RecursionError)
 
 #: tags that only qualify or rename another type: stripped to find a member's real type
 QUALIFIERS = frozenset({"DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
@@ -176,6 +177,8 @@ class DwarfTypes:
             return _unit_headers(info)
         except _BadUnit as e:
             raise self.error(f"DWARF unit at .debug_info+{e.args[0]:#x}: {e.args[1]}") from None
+        except IndexError:
+            raise self.error("DWARF .debug_info ends inside a unit header") from None
 
     def _unit_name(self, unit: _UnitHeader) -> str:
         name = _fast_unit_name(unit, self._buffers)
@@ -254,6 +257,17 @@ class DwarfTypes:
         raise self.error(f"DWARF {user}: typedef/qualifier chain longer than {MAX_CHASE} "
                          f"links (a reference cycle)")
 
+    def children(self, die: Any) -> Iterator[Any]:
+        """The DIE's children, refusing to go backwards: pyelftools follows DW_AT_sibling
+        blindly, so a lying link would make it loop forever."""
+        last = die.offset
+        for child in die.iter_children():
+            if child.offset <= last:
+                raise self.error(f"DWARF DIE at .debug_info+{child.offset:#x} follows "
+                                 f"{last:#x} (a backwards sibling link)")
+            last = child.offset
+            yield child
+
     def _layout(self, die: Any, depth: int) -> StructLayout:
         """Decode the struct/union ``die`` and everything embedded in it by value."""
         owner = _name(die) or None
@@ -261,7 +275,7 @@ class DwarfTypes:
             raise self.error(f"DWARF struct {owner or hex(die.offset)}: structs nested deeper "
                              f"than {MAX_NESTING} (a struct containing itself?)")
         fields = tuple(self._member(m, owner or f"<anonymous at {die.offset:#x}>", depth)
-                       for m in die.iter_children() if m.tag == "DW_TAG_member")
+                       for m in self.children(die) if m.tag == "DW_TAG_member")
         return StructLayout(owner, _int_attr(die, "DW_AT_byte_size"), AGGREGATES[die.tag],
                             fields)
 
@@ -298,7 +312,7 @@ class DwarfTypes:
             raise self.error(f"DWARF {user}: arrays nested deeper than {MAX_NESTING}")
         elem, _ = self.strip(_type_of(die), user)
         count = 1
-        for sub in die.iter_children():
+        for sub in self.children(die):
             if sub.tag == "DW_TAG_subrange_type":
                 count *= _subrange_count(sub)
         return count * self._size(elem, user, depth + 1)
@@ -313,12 +327,8 @@ class _UnitIndex:
 
     @classmethod
     def build(cls, cu: Any, owner: DwarfTypes) -> _UnitIndex:
-        index, last = cls(), -1
-        for die in cu.iter_DIE_children(cu.get_top_DIE()):
-            if die.offset <= last:  # a lying DW_AT_sibling would make pyelftools loop forever
-                raise owner.error(f"DWARF unit at {cu.cu_offset:#x}: DIE at {die.offset:#x} "
-                                  f"follows {last:#x} (a backwards sibling link)")
-            last = die.offset
+        index = cls()
+        for die in owner.children(cu.get_top_DIE()):
             index.add(die)
         return index
 
@@ -391,8 +401,11 @@ def _int_attr(die: Any, name: str, default: int = 0) -> int:
 
 def _type_of(die: Any) -> Any | None:
     """The DIE named by DW_AT_type, or None for ``void``."""
-    if "DW_AT_type" not in die.attributes:
+    attr = die.attributes.get("DW_AT_type")
+    if attr is None:
         return None
+    if not attr.form.startswith(("DW_FORM_ref", "DW_FORM_GNU_ref")):
+        raise ValueError(f"DIE at {die.offset:#x}: DW_AT_type has form {attr.form}")
     return die.get_DIE_from_attribute("DW_AT_type")
 
 
@@ -477,6 +490,8 @@ def _unit_headers(info: memoryview) -> list[_UnitHeader]:
             abbrev, asize, die = _u(info, pos + 2, osize), info[pos + 2 + osize], pos + 3 + osize
         if not 2 <= version <= 5:
             raise _BadUnit(off, f"unknown DWARF version {version}")
+        if asize not in (4, 8):
+            raise _BadUnit(off, f"address size {asize} (x86 uses 4 or 8)")
         units.append(_UnitHeader(off, version, abbrev, asize, osize, die))
         off = pos + length
     return units

@@ -7,8 +7,9 @@ their format into :class:`StructLayout` and nothing above this package sees BTF 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Kind = Literal["int", "ptr", "struct", "union", "array", "enum", "func", "void", "float", "other"]
@@ -22,7 +23,7 @@ class Field:
     offset: int  # bytes from the start of the parent
     size: int  # bytes
     kind: Kind  # after stripping typedef/const/volatile/restrict
-    type_name: str | None  # e.g. "pv_cpu_ops", "u8", None for anonymous types
+    type_name: str | None  # e.g. "pv_cpu_ops", "u8"; None for anonymous types and pointers
     bit_size: int = 0  # non-zero for bitfields
     layout: StructLayout | None = None  # expanded for embedded struct/union members
 
@@ -32,7 +33,7 @@ class StructLayout:
     name: str | None
     size: int
     kind: Literal["struct", "union"] = "struct"
-    fields: tuple[Field, ...] = field(default_factory=tuple)
+    fields: tuple[Field, ...] = dataclasses.field(default_factory=tuple)
 
     def field(self, name: str) -> Field | None:
         """The direct member called ``name``, or None."""

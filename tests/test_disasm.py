@@ -1,0 +1,27 @@
+"""The fast path for `call *disp(%rip)` / `call *abs32` must read exactly like capstone."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pvpatch.disasm import decode, decode_slow
+
+
+@pytest.mark.parametrize("bits", [64, 32])
+def test_fast_path_matches_capstone(bits):
+    rng = random.Random(1234)
+    for _ in range(2000):
+        code = b"\xff\x15" + rng.randbytes(4)
+        addr = rng.choice([0x401000, 0xFFFFFFFF81000000]) if bits == 64 else 0x8049000
+        addr += rng.randrange(0, 1 << 24)
+        fast, slow = decode(code, addr, bits), decode_slow(code, addr, bits)
+        assert [(i.size, i.text, i.mem_target, i.is_indirect_branch) for i in fast] == \
+            [(i.size, i.text, i.mem_target, i.is_indirect_branch) for i in slow], code.hex()
+
+
+def test_other_encodings_go_through_capstone():
+    code = bytes.fromhex("ff1425a89aa382")  # call *0xffffffff82a39aa8 (2.6.30–5.17 form)
+    (insn,) = decode(code, 0xFFFFFFFF81000000, 64)
+    assert insn.size == 7 and insn.mem_target == 0xFFFFFFFF82A39AA8
