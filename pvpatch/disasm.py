@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-import capstone
-from capstone import x86_const as X
-
-_BRANCHES = {X.X86_INS_CALL, X.X86_INS_JMP, X.X86_INS_LCALL, X.X86_INS_LJMP}
+if TYPE_CHECKING:
+    import capstone
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,16 @@ class Insn:
 
 
 @cache
+def _capstone():  # the module, imported on first use: it costs ~80 ms of start-up
+    import capstone
+    from capstone import x86_const
+
+    return capstone, x86_const
+
+
+@cache
 def _decoder(bits: int) -> capstone.Cs:
+    capstone, _ = _capstone()
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64 else
                      capstone.CS_MODE_32)
     md.syntax = capstone.CS_OPT_SYNTAX_ATT  # what objdump and kernel engineers read
@@ -65,12 +73,14 @@ def decode(code: bytes, address: int, bits: int) -> list[Insn]:
 
 def decode_slow(code: bytes, address: int, bits: int) -> list[Insn]:
     """Decode through capstone, always."""
+    _, X = _capstone()
+    branches = {X.X86_INS_CALL, X.X86_INS_JMP, X.X86_INS_LCALL, X.X86_INS_LJMP}
     mask = (1 << bits) - 1
     out = []
     for i in _decoder(bits).disasm(code, address):
         target = None
         indirect = False
-        if i.id in _BRANCHES and i.operands:
+        if i.id in branches and i.operands:
             op = i.operands[0]
             if op.type == X.X86_OP_MEM:
                 indirect = True
@@ -88,6 +98,7 @@ def decode_slow(code: bytes, address: int, bits: int) -> list[Insn]:
 
 @cache
 def _lite(bits: int) -> capstone.Cs:
+    capstone, _ = _capstone()
     return capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64 else
                        capstone.CS_MODE_32)
 

@@ -6,6 +6,7 @@ the result to a renderer. Exit status: 0 fine, 1 a check failed, 2 usage or inpu
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -16,8 +17,25 @@ from pvpatch.errors import InputError, UsageError
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
 
+COMMANDS = {  # name → module; imported only when that command runs, to keep start-up short
+    "inspect": "pvpatch.cli.inspect_cmd",
+    "notes": "pvpatch.cli.notes_cmd",
+    "apply": "pvpatch.cli.apply_cmd",
+    "diff": "pvpatch.cli.diff_cmd",
+}
+
+
 class PvpatchGroup(click.Group):
-    """Turns InputError/UsageError into one line on stderr and exit status 2."""
+    """Lazily loaded commands; InputError/UsageError become one line on stderr and status 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name])
+        return getattr(module, name)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -47,18 +65,6 @@ def cli() -> None:
     Every command takes --json for machine-readable output (schemas in docs/).
     Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input.
     """
-
-
-def _register() -> None:
-    from pvpatch.cli import apply_cmd, diff_cmd, inspect_cmd, notes_cmd
-
-    cli.add_command(inspect_cmd.inspect)
-    cli.add_command(notes_cmd.notes)
-    cli.add_command(apply_cmd.apply)
-    cli.add_command(diff_cmd.diff)
-
-
-_register()
 
 
 def main() -> None:
