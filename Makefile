@@ -29,11 +29,15 @@ fetch:
 	done
 
 demo: setup
-	@k=$$(scripts/fetch-kernel.sh cloud-amd64) && \
+	@k=$$(scripts/fetch-kernel.sh cloud-amd64) && mkdir -p $(CACHE)/demo && \
 	    echo "== pvpatch inspect $$k" && $(PVPATCH) inspect $$k && \
 	    echo && echo "== pvpatch inspect --sites --op 'irq.*' (first lines)" && \
-	    ($(PVPATCH) inspect $$k --sites --op 'irq.*' | sed -n '/^address/,$$p' | head -n 12) && \
-	    echo && echo "== pvpatch notes --check $$k" && $(PVPATCH) notes $$k --check
+	    ($(PVPATCH) inspect $$k --sites --op 'irq.*' | sed -n '/^address/,$$p' | head -n 8) && \
+	    echo && echo "== pvpatch notes --check" && $(PVPATCH) notes $$k --check && \
+	    echo && echo "== pvpatch apply --backend xen --vcpus 2 (the kernel as a Xen PV guest patches itself)" && \
+	    $(PVPATCH) apply $$k -o $(CACHE)/demo/vmlinux.xen --backend xen --vcpus 2 | head -n 12 && \
+	    echo && echo "== pvpatch diff: a few sites before → after" && \
+	    ($(PVPATCH) diff $$k $(CACHE)/demo/vmlinux.xen --sites --changed | sed -n '/^address/,$$p' | head -n 8)
 
 test: setup fetch
 	$(PY) -m pytest -q -rs
