@@ -42,6 +42,7 @@ PAGE_SHIFT = 12
 PAE_NO, PAE_YES, PAE_EXTCR3, PAE_BIMODAL = 0, 1, 2, 3
 PAE_NAMES = {PAE_NO: "no", PAE_YES: "yes", PAE_EXTCR3: "yes (extended-cr3)",
              PAE_BIMODAL: "bimodal"}
+PAE_TOKENS = {PAE_NO: "no", PAE_YES: "yes", PAE_EXTCR3: "extended-cr3", PAE_BIMODAL: "bimodal"}
 
 # how libelf reads a descriptor
 STR, INT, SPECIAL, IGNORED = "str", "int", "special", "ignored"
@@ -306,8 +307,8 @@ def read_xen_notes(image: ElfImage) -> XenNotes:
     span = load_span(image)
     out = XenNotes(image.path, image.bits, image.machine, image.entry, None, [], [], None, span)
     for kind, source in (("segments", "PT_NOTE"), ("sections", "SHT_NOTE")):
+        out.note_area_seen = out.note_area_seen or _has_note_area(image, kind)
         for area in note_areas(image, kind):
-            out.note_area_seen = True
             out.areas.append(area.label)
             for note in iter_notes(image, area, out.problems, like_libelf=True):
                 _take(image, out, note)
@@ -322,6 +323,14 @@ def read_xen_notes(image: ElfImage) -> XenNotes:
         if out.legacy is not None:
             out.source = LEGACY_SECTION
     return out
+
+
+def _has_note_area(image: ElfImage, kind: str) -> bool:
+    """libelf walks even an empty area (and then counts as having seen notes), but skips
+    PT_NOTE segments at file offset 0, a workaround for old binutils."""
+    if kind == "segments":
+        return any(p.type == L.PT_NOTE and p.offset for p in image.segments)
+    return any(s.type == L.SHT_NOTE for s in image.sections[1:])
 
 
 def _take(image: ElfImage, out: XenNotes, note: Note) -> None:
@@ -384,8 +393,9 @@ def read_string(image: ElfImage, start: int, descsz: int, obs: list[str]) -> str
             obs.append(f"no NUL inside descsz ({descsz} bytes); libelf's string ends in the "
                        "padding")
         else:
+            past = nul - descsz
             obs.append(f"no NUL inside descsz ({descsz} bytes) or its padding; libelf reads "
-                       f"{nul - descsz} bytes past the descriptor")
+                       f"{past} byte{'s' if past != 1 else ''} past the descriptor")
     return window[:nul].decode("latin-1")
 
 
