@@ -16,7 +16,7 @@ export PVPATCH_CACHE := $(CACHE)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -46,7 +46,7 @@ test-fast: setup
 	$(PY) -m pytest -q -rs -m "not realkernel"
 
 lint: setup
-	$(VENV)/bin/ruff check pvpatch tests scripts
+	$(VENV)/bin/ruff check src tests scripts
 
 bench: setup
 	@k=$$(scripts/fetch-kernel.sh amd64) && $(PY) scripts/bench.py $$k

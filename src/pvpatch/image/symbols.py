@@ -9,7 +9,6 @@ are sorted, once, for address lookups.
 from __future__ import annotations
 
 import bisect
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -68,9 +67,6 @@ class SymbolTable:
     def _row(self, i: int) -> tuple[int, ...]:
         return self._layout.fmt.unpack_from(self._raw, i * self._entsize)
 
-    def _rows(self):
-        return self._layout.fmt.iter_unpack(self._raw)
-
     def _name(self, off: int) -> str:
         end = self._strtab.find(b"\0", off)
         return self._strtab[off:end if end >= 0 else len(self._strtab)].decode("latin-1")
@@ -100,16 +96,28 @@ class SymbolTable:
         return sorted(i for i in found if self._defined(i))
 
     def _records_named(self, name_off: int) -> list[int]:
-        """Record indexes whose st_name is ``name_off`` (st_name is each record's first word)."""
-        key = struct.pack("<I", name_off)
-        out, pos, raw, size = [], self._raw.find(key), self._raw, self._entsize
-        while pos >= 0:
-            if pos % size == 0:
-                out.append(pos // size)
-                pos = raw.find(key, pos + size)
-            else:
-                pos = raw.find(key, pos + 1)
-        return out
+        """Record indexes whose st_name is ``name_off`` (list.index scans in C)."""
+        names, out, pos = self._columns["name"], [], 0
+        while True:
+            try:
+                pos = names.index(name_off, pos)
+            except ValueError:
+                return out
+            out.append(pos)
+            pos += 1
+
+    @cached_property
+    def _columns(self) -> dict[str, list[int]]:
+        """The symbol table as columns, sliced out of the raw bytes in C (no per-row tuples)."""
+        mv = memoryview(self._raw)
+        if self._entsize == 24:  # Elf64_Sym: name@0 info@4 shndx@6 value@8 size@16
+            return {"name": mv.cast("I")[0::6].tolist(), "info": mv[4::24].tolist(),
+                    "shndx": mv.cast("H")[3::12].tolist(), "value": mv.cast("Q")[1::3].tolist(),
+                    "size": mv.cast("Q")[2::3].tolist()}
+        # Elf32_Sym: name@0 value@4 size@8 info@12 shndx@14
+        return {"name": mv.cast("I")[0::4].tolist(), "value": mv.cast("I")[1::4].tolist(),
+                "size": mv.cast("I")[2::4].tolist(), "info": mv[12::16].tolist(),
+                "shndx": mv.cast("H")[7::8].tolist()}
 
     def lookup(self, name: str) -> list[Symbol]:
         """All defined symbols called ``name`` (locals may repeat across compile units)."""
@@ -135,10 +143,11 @@ class SymbolTable:
         Function and untyped symbols defined in executable sections; at one address a
         function beats a label, a global beats a local, a sized symbol an unsized one.
         """
-        N, V, INFO, X = self._NAME, self._VALUE, self._INFO, self._SHNDX
+        c = self._columns
         exe, code_types = self._exec, (L.STT_FUNC, L.STT_NOTYPE)
-        cand = [(r[V], i) for i, r in enumerate(self._rows())
-                if r[X] in exe and r[N] and (r[INFO] & 0xF) in code_types]
+        cand = [(value, i) for i, (value, name, info, shndx) in
+                enumerate(zip(c["value"], c["name"], c["info"], c["shndx"], strict=True))
+                if shndx in exe and name and (info & 0xF) in code_types]
         cand.sort()
         addrs: list[int] = []
         idx: list[int] = []
@@ -185,8 +194,12 @@ class SymbolTable:
         sym = self.at(addr)
         if sym is not None:
             return sym.name
-        V, N = self._VALUE, self._NAME
-        for i, r in enumerate(self._rows()):
-            if r[V] == addr and r[N] and self._defined(i):
-                return self._symbol(i).name
-        return None
+        values, pos = self._columns["value"], 0
+        while True:
+            try:
+                pos = values.index(addr, pos)
+            except ValueError:
+                return None
+            if self._columns["name"][pos] and self._defined(pos):
+                return self._symbol(pos).name
+            pos += 1
