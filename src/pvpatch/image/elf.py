@@ -7,6 +7,7 @@ size read from the file is checked against the file length before it is used.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import mmap
 import os
@@ -201,14 +202,27 @@ class ElfImage:
             return memoryview(b"")
         return self.data[sec.offset:sec.offset + sec.size]
 
+    @cached_property
+    def _alloc_sections(self) -> tuple[list[int], list[Section]]:
+        """Allocated sections with a size, sorted by address (data-backed first at a tie)."""
+        secs = sorted((sec for sec in self.sections if sec.is_alloc and sec.size),
+                      key=lambda sec: (sec.addr, not sec.has_file_data))
+        return [sec.addr for sec in secs], secs
+
     def section_at(self, addr: int, length: int = 1) -> Section | None:
         """The allocated section holding ``[addr, addr+length)``, preferring ones with data."""
+        starts, secs = self._alloc_sections
+        pos = bisect.bisect_right(starts, addr) - 1
         best = None
-        for s in self.sections:
-            if s.contains_addr(addr, length) and s.size:
-                if s.has_file_data:
-                    return s
-                best = best or s
+        while pos >= 0:  # walk back over sections that start at or before addr
+            sec = secs[pos]
+            if sec.contains_addr(addr, length):
+                if sec.has_file_data:
+                    return sec
+                best = best or sec
+            if addr - sec.addr > 1 << 32:  # far behind: nothing earlier can reach addr
+                break
+            pos -= 1
         return best
 
     # -- addresses -------------------------------------------------------------------------

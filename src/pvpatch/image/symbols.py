@@ -11,12 +11,17 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import compress
 from typing import TYPE_CHECKING
 
 from pvpatch.image import layouts as L
 
 if TYPE_CHECKING:
     from pvpatch.image.elf import ElfImage
+
+
+# st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
+_CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
 
 
 @dataclass(frozen=True)
@@ -144,11 +149,13 @@ class SymbolTable:
         function beats a label, a global beats a local, a sized symbol an unsized one.
         """
         c = self._columns
-        exe, code_types = self._exec, (L.STT_FUNC, L.STT_NOTYPE)
-        cand = [(value, i) for i, (value, name, info, shndx) in
-                enumerate(zip(c["value"], c["name"], c["info"], c["shndx"], strict=True))
-                if shndx in exe and name and (info & 0xF) in code_types]
-        cand.sort()
+        values, shndx, exe = c["value"], c["shndx"], self._exec
+        # function and untyped symbols, selected in C: st_info's low nibble through a table
+        typed = bytes(c["info"]).translate(_CODE_TYPES)
+        picked = [i for i in compress(range(len(values)), typed)
+                  if shndx[i] in exe and c["name"][i]]
+        picked.sort(key=values.__getitem__)
+        cand = [(values[i], i) for i in picked]
         addrs: list[int] = []
         idx: list[int] = []
         for value, i in cand:

@@ -55,6 +55,7 @@ class PvOps:
         self.ptr = image.ptr_size
         self.container, self.layout = self._find(types)
         self.type_origin = types.origin if types and self.layout else None
+        self._targets: dict[int, tuple[int | None, str | None]] = {}
 
     def _find(self, types: TypeSource | None) -> tuple[Container | None, StructLayout | None]:
         syms = self.image.symbols
@@ -139,6 +140,15 @@ class PvOps:
             return None
         raw = self.image.try_read(slot.address, self.ptr)
         return None if raw is None else int.from_bytes(raw, "little")
+
+    def initial_target(self, slot: Slot) -> tuple[int | None, str | None]:
+        """The initial value of ``slot`` and its name (``NULL``, a symbol), computed once."""
+        if slot.index not in self._targets:
+            from pvpatch.kernel.sites import describe_target
+
+            value = self.initial_value(slot)
+            self._targets[slot.index] = (value, describe_target(self.image, value))
+        return self._targets[slot.index]
 
     def by_name(self, name: str) -> Slot | None:
         for s in self.slots.values():

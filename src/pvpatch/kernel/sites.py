@@ -183,11 +183,11 @@ def _first_invalid(image: ElfImage, records: list[Site]) -> str | None:
 
 
 def _code_problem(image: ElfImage, addr: int, length: int,
-                  insns: list[Insn] | None = None) -> str | None:
+                  insns: list[Insn] | None = None, sec: Section | None = None) -> str | None:
     """Why the record at ``addr`` is not a pv call site of ``length`` bytes (None: it is)."""
     if not 0 < length <= MAX_SITE_LEN:
         return f"length {length} is outside 1..{MAX_SITE_LEN}"
-    sec = image.section_at(addr, length)
+    sec = sec or image.section_at(addr, length)
     if sec is None or not sec.is_exec:
         return f"{addr:#x} is not in an executable section"
     if insns is None:
@@ -212,7 +212,7 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps) -> Site:
     if code:
         site.insns = decode(code, site.address, image.bits)
         site.call_target = next((i.mem_target for i in site.insns if i.is_indirect_branch), None)
-    problem = _code_problem(image, site.address, site.length, site.insns if code else None)
+    problem = _code_problem(image, site.address, site.length, site.insns if code else None, sec)
     if problem:
         site.problems.append(problem)
     site.slot = pvops.slot(site.type)
@@ -220,8 +220,7 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps) -> Site:
         site.problems.append(f"type {site.type} names no slot of {pvops.described}")
     else:
         _cross_check(site, pvops)
-        site.native_target = pvops.initial_value(site.slot)
-        site.native_name = describe_target(image, site.native_target)
+        site.native_target, site.native_name = pvops.initial_target(site.slot)
     return site
 
 
