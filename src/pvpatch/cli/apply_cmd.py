@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -13,7 +14,7 @@ from pvpatch.kernel.alternatives import read_alternatives
 from pvpatch.kernel.model import KernelModel
 from pvpatch.patch.nops import default_nops
 from pvpatch.patch.plan import plan
-from pvpatch.patch.writer import file_pokes, write_patched
+from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import plan_dict, render_sites, render_summary
 
 
@@ -60,7 +61,10 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         raise UsageError("say where to write: -o OUT, --in-place, or --dry-run")
     if in_place and output:
         raise UsageError("--in-place and -o exclude each other")
-    with KernelModel.open(vmlinux) as model:
+    target = vmlinux if in_place else output
+    with contextlib.ExitStack() as stack:
+        out = None if dry_run else stack.enter_context(PatchedCopy(vmlinux, target, in_place))
+        model = stack.enter_context(KernelModel.open(vmlinux))
         progress("resolving the backend and planning")
         be = load_backend(model, backend, vcpus)
         p = plan(model, be, read_alternatives(model.image, model.types),
@@ -68,15 +72,14 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         changes = [(x.site.address, x.after) for x in p.patches if x.changed]
         pokes = file_pokes(model.image, changes)
         bits = model.image.bits
-        target = vmlinux if in_place else output
         report = None
         if as_json or report_path:
             report = plan_dict(p, bits, {"input": vmlinux,
                                          "output": None if dry_run else target,
                                          "relocations": "kept as built (docs/apply.md)"})
-    if not dry_run:
-        progress(f"writing {target}")
-        write_patched(vmlinux, target, pokes, in_place=in_place)
+        if out is not None:
+            progress(f"writing {target}")
+            out.commit(pokes)
     if report_path:
         with open(report_path, "w") as f:
             json.dump(report, f, indent=1)

@@ -9,6 +9,7 @@ are sorted, once, for address lookups.
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import compress
@@ -100,9 +101,21 @@ class SymbolTable:
             pos = self._strtab.find(needle, pos + 1)
         return sorted(i for i in found if self._defined(i))
 
+    @cached_property
+    def _first_named(self) -> tuple[dict[int, int], Counter[int]]:
+        """st_name → first record index, and how many records share each st_name (both in C)."""
+        names = self._columns["name"]
+        first = dict(zip(reversed(names), range(len(names) - 1, -1, -1), strict=True))
+        return first, Counter(names)
+
     def _records_named(self, name_off: int) -> list[int]:
-        """Record indexes whose st_name is ``name_off`` (list.index scans in C)."""
-        names, out, pos = self._columns["name"], [], 0
+        """Record indexes whose st_name is ``name_off``."""
+        first, counts = self._first_named
+        if name_off not in first:
+            return []
+        if counts[name_off] == 1:
+            return [first[name_off]]
+        names, out, pos = self._columns["name"], [], first[name_off]
         while True:
             try:
                 pos = names.index(name_off, pos)

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -42,28 +43,64 @@ def file_pokes(image: ElfImage, changes: Sequence[tuple[int, bytes]]) -> list[Po
     return out
 
 
-def write_patched(src: str, dst: str, pokes: Sequence[Poke], in_place: bool = False) -> None:
-    """Create ``dst`` as a copy of ``src`` with ``pokes`` applied, atomically."""
-    if not in_place and _same_file(src, dst):
-        raise UsageError(f"output {dst} is the input; use --in-place to replace it")
-    folder = os.path.dirname(os.path.abspath(dst)) or "."
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise UsageError(f"cannot create a file in {folder}: {e.strerror}") from None
-    os.close(fd)
-    with _removed_on_failure(tmp):
+class PatchedCopy:
+    """A copy of ``src`` that becomes ``dst`` once the site bytes are in it and verified.
+
+    The copy starts at once in a background thread (the kernel does the work, so it runs
+    while the patch plan is computed) into a temporary file in ``dst``'s folder. Leaving the
+    ``with`` block without :meth:`commit` — an error, Ctrl-C, SIGTERM — removes the file.
+    """
+
+    def __init__(self, src: str, dst: str, in_place: bool = False) -> None:
+        if not in_place and _same_file(src, dst):
+            raise UsageError(f"output {dst} is the input; use --in-place to replace it")
+        self.src, self.dst = src, dst
+        folder = os.path.dirname(os.path.abspath(dst)) or "."
         try:
-            _copy(src, tmp)
-            shutil.copymode(src, tmp)
-            with open(tmp, "r+b") as f:
+            fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise UsageError(f"cannot create a file in {folder}: {e.strerror}") from None
+        os.close(fd)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._cleanup = _removed_on_failure(self.tmp)
+
+    def _copy(self) -> None:
+        try:
+            _copy(self.src, self.tmp)
+            shutil.copymode(self.src, self.tmp)
+        except OSError as e:
+            self._error = e
+
+    def __enter__(self) -> PatchedCopy:
+        self._cleanup.__enter__()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join()
+        self._cleanup.__exit__(*exc)
+
+    def commit(self, pokes: Sequence[Poke]) -> None:
+        """Wait for the copy, write the site bytes, verify, and rename into place."""
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            with open(self.tmp, "r+b") as f:
                 for p in pokes:
                     f.seek(p.offset)
                     f.write(p.data)
         except OSError as e:
-            raise UsageError(f"cannot write {dst}: {e.strerror}") from None
-        verify(src, tmp, pokes)
-        os.replace(tmp, dst)
+            raise UsageError(f"cannot write {self.dst}: {e.strerror}") from None
+        verify(self.src, self.tmp, pokes)
+        os.replace(self.tmp, self.dst)
+
+
+def write_patched(src: str, dst: str, pokes: Sequence[Poke], in_place: bool = False) -> None:
+    """Create ``dst`` as a copy of ``src`` with ``pokes`` applied, atomically."""
+    with PatchedCopy(src, dst, in_place) as out:
+        out.commit(pokes)
 
 
 def _copy(src: str, dst: str) -> None:
@@ -118,14 +155,25 @@ def _pages(spans: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
 
 
 def _diffs_inside(old: bytes, new: bytes, base: int, spans: list[tuple[int, int]]) -> None:
-    starts = [lo for lo, _hi in spans]
-    for i, (x, y) in enumerate(zip(old, new, strict=True)):
-        if x != y:
-            off = base + i
-            k = bisect.bisect_right(starts, off) - 1
-            if k < 0 or not spans[k][0] <= off < spans[k][1]:
-                raise UsageError(f"verification failed: byte at file offset {off:#x} changed "
-                                 "outside every site")
+    """Every byte outside the site spans of this range must be unchanged (compared in C)."""
+    end = base + len(old)
+    k = bisect.bisect_right(spans, (base, base)) - 1
+    pos = base
+    for lo, hi in spans[max(k, 0):]:
+        if lo >= end:
+            break
+        if hi <= pos:
+            continue
+        _same(old, new, base, pos, lo)
+        pos = max(pos, hi)
+    _same(old, new, base, pos, end)
+
+
+def _same(old: bytes, new: bytes, base: int, lo: int, hi: int) -> None:
+    if lo < hi and old[lo - base:hi - base] != new[lo - base:hi - base]:
+        first = next(i for i in range(lo, hi) if old[i - base] != new[i - base])
+        raise UsageError(f"verification failed: byte at file offset {first:#x} changed "
+                         "outside every site")
 
 
 def _same_file(a: str, b: str) -> bool:
