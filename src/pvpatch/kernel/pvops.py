@@ -34,6 +34,9 @@ ERAS = (
     Container("paravirt_ops", "2.6.20–2.6.23", "paravirt_ops", "single", "paravirt_ops"),
 )
 
+# .parainstructions' type is a u8: no kernel can address more slots than this.
+MAX_SLOTS = 256
+
 # Wrapper structs that hold one function pointer; the slot is named after the wrapper member.
 CALLEE_SAVE_WRAPPERS = {"paravirt_callee_save"}
 
@@ -116,13 +119,21 @@ class PvOps:
         return base + (offset - field.offset)
 
     def _untyped_slots(self) -> dict[int, Slot]:
-        """Without types only a single global table can be indexed, by its symbol size."""
+        """Without types only a single global table can be indexed, by its symbol size.
+
+        The size comes from the file, so it is checked: the table must lie in one section,
+        and no more than MAX_SLOTS slots are addressable by a u8 type byte anyway.
+        """
         assert self.container is not None
         sym = self.image.symbols.get(self.container.symbol or "")
         if sym is None or not sym.size:
             return {}
+        if self.image.section_at(sym.value, sym.size) is None:
+            raise self.image.error(f"symbol {sym.name} claims {sym.size:#x} bytes at "
+                                   f"{sym.value:#x}, which no section holds")
+        count = min(sym.size // self.ptr, MAX_SLOTS)
         return {i: Slot(i, i * self.ptr, f"{sym.name}+{i * self.ptr:#x}", sym.value + i * self.ptr,
-                        True) for i in range(sym.size // self.ptr)}
+                        True) for i in range(count)}
 
     def slot(self, index: int) -> Slot | None:
         return self.slots.get(index)
