@@ -11,7 +11,7 @@ PVPATCH := $(VENV)/bin/pvpatch
 CACHE   ?= $(HOME)/.cache/pvpatch
 export PVPATCH_CACHE := $(CACHE)
 
-.PHONY: setup demo test test-fast lint bench fetch clean
+.PHONY: setup demo test test-fast lint bench fetch fuzz clean boot-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,18 @@ lint: setup
 
 bench: setup
 	@k=$$(scripts/fetch-kernel.sh amd64) && $(PY) scripts/bench.py $$k
+
+# Boot the generic kernel natively and as a Xen PV dom0 (1 and 2 vCPUs), and the cloud kernel
+# natively, under QEMU; dump the .text each patched itself into and compare `pvpatch apply`
+# with it site by site (docs/boot-test.md). Installs qemu-system-x86 and the Xen hypervisor
+# if missing. Dumps are cached per kernel release: BOOT_TEST_ARGS=--refresh reboots.
+boot-test: setup
+	$(PY) scripts/boottest/run.py --pvpatch $(PVPATCH) $(BOOT_TEST_ARGS)
+
+# The long fuzz run: 100,000 mutants through every command (make test runs a short one).
+FUZZ_MUTANTS ?= 100000
+fuzz: setup
+	$(PY) scripts/fuzz.py --mutants $(FUZZ_MUTANTS)
 
 clean:
 	rm -rf $(VENV) fixtures/build .pytest_cache *.egg-info

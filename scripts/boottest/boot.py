@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Boot a kernel under QEMU (TCG) and save the ``.text`` it runs with, after it patched itself.
+
+Modes:
+  native  bare QEMU: -kernel vmlinuz -initrd initramfs, "nokaslr"; the kernel runs at its link
+          address, so .text is at the physical address its PT_LOAD's p_paddr gives; that range
+          is saved with pmemsave.
+  xen1    Xen PV dom0 with 1 vCPU (dom0_max_vcpus=1), xen2 with 2: Xen is QEMU's multiboot
+          kernel, vmlinuz and the initramfs its modules. Guest RAM is saved whole and the
+          dom0's .text found in it page by page (locate.py).
+
+The guest is done patching when /init prints its marker. Results go to
+<cache>/boot/<release>/<mode>.text.bin (the .text image, starting at the .text link address),
+<mode>.json (metadata) and <mode>.serial.log; they are reused unless --refresh.
+
+    scripts/boottest/boot.py --flavour amd64 --mode xen2 [--refresh]
+    scripts/boottest/boot.py --vmlinux V --vmlinuz Z --mode native
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from boottest.common import (BOOT_CACHE, BootError, Kernel, ensure_tools, fetch_kernel,  # noqa: I001
+                             find_xen_gz, kernel_from_paths, now_iso, read_text, say, text_layout,
+                             text_sites, tool_versions, write_json)
+from boottest.initramfs import MARKER, build_initramfs
+from boottest.locate import locate_text
+from boottest.masks import account, build_mask
+from boottest.qemu import Qemu
+
+SCHEMA = "pvpatch.boottest/1"
+MODES = ("native", "xen1", "xen2")
+NATIVE_CMDLINE = "nokaslr console=ttyS0 panic=-1"
+DOM0_CMDLINE = "console=hvc0 earlyprintk=xen nokaslr"
+XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=512M dom0_max_vcpus={vcpus} noreboot"
+GUEST_MB = 1024
+SMP = 2
+
+
+def xen_image() -> Path:
+    """QEMU's multiboot loader cannot read xen.gz: decompress it once into the cache."""
+    gz = find_xen_gz()
+    if gz is None:
+        raise BootError("no /boot/xen-*-amd64.gz")
+    out = BOOT_CACHE / "xen" / gz.name.removesuffix(".gz")
+    if out.is_file() and out.stat().st_mtime >= gz.stat().st_mtime:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with gzip.open(gz) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.replace(tmp, out)
+    return out
+
+
+def paths(kernel: Kernel, mode: str) -> tuple[Path, Path, Path]:
+    d = kernel.boot_dir
+    return d / f"{mode}.text.bin", d / f"{mode}.json", d / f"{mode}.serial.log"
+
+
+def cached(kernel: Kernel, mode: str) -> dict | None:
+    image, meta_path, _ = paths(kernel, mode)
+    if not (image.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return None
+    if meta.get("schema") != SCHEMA or meta.get("vmlinux_size") != kernel.vmlinux.stat().st_size:
+        return None
+    return meta
+
+
+def qemu_args(kernel: Kernel, mode: str, initrd: Path, cpu: str | None) -> tuple[list[str], dict]:
+    common = ["-machine", "q35", "-accel", "tcg", "-m", str(GUEST_MB), "-smp", str(SMP)]
+    if mode == "native":
+        cpu = cpu or "qemu64"
+        return ([*common, "-cpu", cpu, "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+                 "-append", NATIVE_CMDLINE],
+                {"cpu": cpu, "kernel_cmdline": NATIVE_CMDLINE})
+    vcpus = int(mode.removeprefix("xen"))
+    cpu = cpu or "max,-smap,-smep"  # Xen under TCG needs SMAP/SMEP off (see docs)
+    xen_cmd = XEN_CMDLINE.format(vcpus=vcpus)
+    for p in (kernel.vmlinuz, initrd):
+        if "," in str(p) or " " in str(p):
+            raise BootError(f"{p}: QEMU's multiboot module list cannot take ',' or ' ' in paths")
+    modules = f"{kernel.vmlinuz} {DOM0_CMDLINE},{initrd}"
+    return ([*common, "-cpu", cpu, "-kernel", str(xen_image()), "-append", xen_cmd,
+             "-initrd", modules],
+            {"cpu": cpu, "xen_cmdline": xen_cmd, "kernel_cmdline": DOM0_CMDLINE,
+             "dom0_vcpus": vcpus})
+
+
+def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 300,
+         keep_ram: bool = False, cpu: str | None = None) -> dict:
+    """Boot, dump and save one mode; return its metadata (from the cache unless ``refresh``)."""
+    if mode not in MODES:
+        raise BootError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    if not refresh and (meta := cached(kernel, mode)):
+        say(f"{kernel.release} {mode}: cached ({meta['date']}; --refresh reboots)")
+        return meta
+    ensure_tools(xen=mode != "native")
+    image_path, meta_path, log_path = paths(kernel, mode)
+    text = text_layout(kernel.vmlinux)
+    initrd = build_initramfs()
+    args, info = qemu_args(kernel, mode, initrd, cpu)
+    ram_path = kernel.boot_dir / f"{mode}.ram.bin"
+    t0 = time.monotonic()
+    with Qemu(args, log_path) as q:
+        boot_s = q.wait_for(MARKER, timeout)
+        say(f"{kernel.release} {mode}: {MARKER} after {boot_s:.1f} s")
+        t1 = time.monotonic()
+        if mode == "native":
+            q.pmemsave(text.paddr, text.size, image_path.with_suffix(".tmp"))
+            how = (f"pmemsave of guest-physical {text.paddr:#x}+{text.size:#x} (.text's "
+                   f"PT_LOAD p_paddr; nokaslr)")
+        else:
+            q.pmemsave(0, GUEST_MB << 20, ram_path)
+            how = f"pmemsave of guest RAM 0+{GUEST_MB << 20:#x}, .text located by content"
+        dump_s = time.monotonic() - t1
+    meta = {"schema": SCHEMA, "release": kernel.release, "flavour": kernel.flavour,
+            "mode": mode, "vmlinux": str(kernel.vmlinux),
+            "vmlinux_size": kernel.vmlinux.stat().st_size, "vmlinuz": str(kernel.vmlinuz),
+            "initrd": str(initrd), "marker": MARKER,
+            "text": {"vaddr": hex(text.vaddr), "size": text.size, "paddr": hex(text.paddr)},
+            "how": how, "date": now_iso(), "qemu_command": q.argv,
+            **info, "tools": tool_versions(), "boot_seconds": round(boot_s, 1),
+            "dump_seconds": round(dump_s, 1)}
+    if mode == "native":
+        image_path.with_suffix(".tmp").replace(image_path)
+    else:
+        t2 = time.monotonic()
+        try:
+            meta["location"] = locate_text(kernel.vmlinux, ram_path, image_path)
+        finally:
+            if not keep_ram:
+                ram_path.unlink(missing_ok=True)
+        meta["locate_seconds"] = round(time.monotonic() - t2, 1)
+        if keep_ram:
+            meta["ram_dump"] = str(ram_path)
+        if meta["location"]["missing_pages"]:
+            say(f"{kernel.release} {mode}: {len(meta['location']['missing_pages'])} .text "
+                f"pages not found in guest RAM (zero-filled; listed in {meta_path})")
+    meta["changes"] = sanity_check(kernel, image_path, meta)
+    meta["total_seconds"] = round(time.monotonic() - t0, 1)
+    write_json(meta_path, meta)
+    say(f"{kernel.release} {mode}: saved {image_path} ({meta['total_seconds']} s in all)")
+    return meta
+
+
+def sanity_check(kernel: Kernel, image_path: Path, meta: dict) -> dict:
+    """Account for every byte boot changed; refuse a dump that is not this kernel, patched."""
+    text = text_layout(kernel.vmlinux)
+    sites = text_sites(kernel.vmlinux)
+    orig = read_text(kernel.vmlinux)
+    boot_img = image_path.read_bytes()
+    missing = {int(p["page"]) for p in meta.get("location", {}).get("missing_pages", [])}
+    changes = account(orig, boot_img, build_mask(kernel.vmlinux, text, sites),
+                      (lambda off: off // 4096 not in missing) if missing else None)
+    runs = changes.pop("unexplained_runs")
+    changes["unexplained_runs"] = [{"vaddr": hex(text.vaddr + off), "bytes": n}
+                                   for off, n in runs[:200]]
+    offs = [(s["addr"] - text.vaddr, s["length"]) for s in sites]
+    same = sum(1 for o, n in offs if orig[o:o + n] == boot_img[o:o + n])
+    changes["pv_sites_unchanged_by_boot"] = same
+    if changes["unexplained_bytes"] > max(4096, text.size // 100):
+        raise BootError(f"{image_path}: {changes['unexplained_bytes']} bytes differ from the "
+                        f"vmlinux outside every patch table: not this kernel's .text?")
+    if sites and same == len(sites):
+        raise BootError(f"{image_path}: no pv site was patched: not a booted kernel?")
+    return changes
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--flavour", help="Debian flavour to fetch (amd64, cloud-amd64)")
+    ap.add_argument("--vmlinux", type=Path, help="a debug vmlinux (instead of --flavour)")
+    ap.add_argument("--vmlinuz", type=Path, help="its bootable image (default: next to it)")
+    ap.add_argument("--mode", choices=MODES, action="append", required=True,
+                    help="repeatable")
+    ap.add_argument("--refresh", action="store_true", help="reboot even if cached")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the marker")
+    ap.add_argument("--keep-ram", action="store_true", help="keep Xen guests' raw RAM dumps")
+    ap.add_argument("--cpu", help="QEMU -cpu (default qemu64 native, max,-smap,-smep Xen)")
+    a = ap.parse_args()
+    try:
+        if a.vmlinux:
+            kernel = kernel_from_paths(a.vmlinux, a.vmlinuz)
+        elif a.flavour:
+            kernel = fetch_kernel(a.flavour)
+        else:
+            ap.error("give --flavour or --vmlinux")
+        for mode in a.mode:
+            meta = boot(kernel, mode, refresh=a.refresh, timeout=a.timeout,
+                        keep_ram=a.keep_ram, cpu=a.cpu)
+            print(paths(kernel, mode)[0], f"boot {meta['boot_seconds']} s")
+    except BootError as e:
+        print(f"boot: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

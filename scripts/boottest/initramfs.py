@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Build the boot test's initramfs: a newc cpio whose /init prints a marker and waits forever.
+
+/init is a static binary without libc (gcc -static -nostdlib, raw syscalls): it opens
+/dev/console (falling back to fd 1), writes MARKER, then sleeps in pause() for ever, so the
+kernel is idle, finished with every boot-time patching step, and never panics for a dying init.
+The cpio is written here, no cpio tool needed. Cached by content under <cache>/boot/.
+
+    scripts/boottest/initramfs.py          build (if needed) and print the path
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from boottest.common import BOOT_CACHE, BootError, say
+
+MARKER = "PVPATCH-INIT-READY"
+
+INIT_C = r"""
+/* The boot test's /init: say MARKER on the console, then sleep for ever. No libc. */
+static long sys3(long nr, long a, long b, long c)
+{
+    long ret;
+    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr), "D"(a), "S"(b), "d"(c)
+             : "rcx", "r11", "memory");
+    return ret;
+}
+
+static const char msg[] = "\n@MARKER@\n";
+
+void _start(void)
+{
+    long fd = sys3(2 /* open */, (long)"/dev/console", 1 /* O_WRONLY */, 0);
+
+    if (fd < 0)
+        fd = 1;
+    for (int i = 0; i < 3; i++)
+        sys3(1 /* write */, fd, (long)msg, sizeof(msg) - 1);
+    for (;;)
+        sys3(34 /* pause */, 0, 0, 0);
+}
+""".replace("@MARKER@", MARKER)
+
+CFLAGS = ["-Os", "-static", "-nostdlib", "-fno-pie", "-no-pie", "-fno-stack-protector",
+          "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
+
+S_IFDIR, S_IFCHR, S_IFREG = 0o040000, 0o020000, 0o100000
+
+
+def _newc(ino: int, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
+          nlink: int = 1) -> bytes:
+    """One "070701" (newc) cpio record: 13 fields of 8 hex digits, name, data, 4-byte padding."""
+    nb = name.encode() + b"\0"
+    fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(nb), 0)
+    rec = b"070701" + "".join(f"{f:08x}" for f in fields).encode() + nb
+    rec += b"\0" * (-len(rec) % 4)
+    return rec + data + b"\0" * (-len(data) % 4)
+
+
+def cpio(init: bytes) -> bytes:
+    out = b"".join([
+        _newc(1, "dev", S_IFDIR | 0o755, nlink=2),
+        _newc(2, "dev/console", S_IFCHR | 0o600, rdev=(5, 1)),
+        _newc(3, "init", S_IFREG | 0o755, init),
+        _newc(0, "TRAILER!!!", 0, nlink=1),
+    ])
+    return out + b"\0" * (-len(out) % 512)
+
+
+def build_initramfs() -> Path:
+    key = hashlib.sha256((INIT_C + repr(CFLAGS) + "newc/1").encode()).hexdigest()[:12]
+    out = BOOT_CACHE / f"initrd-{key}.cpio"
+    if out.is_file():
+        return out
+    BOOT_CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pvpatch-init-") as tmp:
+        src, exe = Path(tmp, "init.c"), Path(tmp, "init")
+        src.write_text(INIT_C)
+        r = subprocess.run(["gcc", *CFLAGS, "-o", str(exe), str(src)], capture_output=True,
+                           text=True)
+        if r.returncode:
+            raise BootError(f"building /init failed:\n{r.stderr}")
+        data = cpio(exe.read_bytes())
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_bytes(data)
+    os.replace(tmp_out, out)
+    say(f"built initramfs {out} ({len(data)} bytes)")
+    return out
+
+
+def main() -> int:
+    try:
+        print(build_initramfs())
+    except BootError as e:
+        print(f"initramfs: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

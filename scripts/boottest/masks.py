@@ -1,0 +1,139 @@
+"""Where in ``.text`` the kernel may rewrite itself at boot, from its own patch tables.
+
+Each byte of ``.text`` gets a bit per table naming it: the pv sites (``.parainstructions``, via
+``pvpatch inspect``), alternatives, jump labels, ftrace's mcount locations, static calls (sites
+and trampolines), retpoline and return-thunk sites, SMP lock prefixes, sealed ENDBRs. A byte
+that boot changed but no table names is *unexplained*; a located page should have almost none.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from dataclasses import dataclass
+
+from boottest.common import TextLayout
+
+# (name, start symbol, end symbol, stride, how the entry names the site, bytes patched)
+TABLES = (
+    ("jump_label", "__start___jump_table", "__stop___jump_table", 16, "rel32", 5),
+    ("ftrace", "__start_mcount_loc", "__stop_mcount_loc", 8, "abs64", 5),
+    ("static_call", "__start_static_call_sites", "__stop_static_call_sites", 8, "rel32", 5),
+    ("retpoline", "__retpoline_sites", "__retpoline_sites_end", 4, "rel32", 6),
+    ("return_thunk", "__return_sites", "__return_sites_end", 4, "rel32", 5),
+    ("smp_lock", "__smp_locks", "__smp_locks_end", 4, "rel32", 1),
+    ("endbr_seal", "__ibt_endbr_seal", "__ibt_endbr_seal_end", 4, "rel32", 4),
+)
+KINDS = ("pv", "alternative", *(t[0] for t in TABLES), "static_call_tramp")
+BIT = {k: 1 << i for i, k in enumerate(KINDS)}
+# arch_static_call_transform's check: a trampoline's 5-byte jmp/ret is followed by ud1 %esp,%ecx
+TRAMP_SIGNATURE = b"\x0f\xb9\xcc"
+
+
+@dataclass
+class PatchMask:
+    text: TextLayout
+    bits: array  # one unsigned short per .text byte
+    flat: bytearray  # 1 where any table names the byte, else 0
+    counts: dict[str, int]  # table entries that landed in .text, per kind
+    pages: dict[str, set[int]]  # .text pages (offset // 4096) holding a site, per kind
+    notes: list[str]
+
+    def kinds_at(self, offset: int) -> list[str]:
+        b = self.bits[offset]
+        return [k for k in KINDS if b & BIT[k]]
+
+    def clean(self, start: int, end: int) -> bool:
+        return self.flat.find(1, start, end) < 0
+
+
+def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict]) -> PatchMask:
+    from pvpatch.image.elf import ElfImage
+
+    bits = array("H", bytes(2 * text.size))
+    flat = bytearray(text.size)
+    counts = dict.fromkeys(KINDS, 0)
+    pages: dict[str, set[int]] = {k: set() for k in KINDS}
+    notes: list[str] = []
+
+    def mark(kind: str, addr: int, length: int) -> None:
+        off = addr - text.vaddr
+        if 0 <= off < text.size:
+            counts[kind] += 1
+            pages[kind].update(range(off // 4096, (off + length - 1) // 4096 + 1))
+            b = BIT[kind]
+            end = min(off + length, text.size)
+            for i in range(off, end):
+                bits[i] |= b
+            flat[off:end] = b"\1" * (end - off)
+
+    for s in pv_sites:
+        mark("pv", s["addr"], s["length"])
+    with ElfImage(vmlinux) as im:
+        try:
+            from pvpatch.kernel.alternatives import read_alternatives
+
+            for e in read_alternatives(im, None).entries:
+                mark("alternative", e.instr, e.instrlen)
+        except Exception as e:  # the mask only steers the search; say so and go on
+            notes.append(f".altinstructions not read ({e})")
+        syms = im.symbols
+        for kind, start_sym, end_sym, stride, how, length in TABLES:
+            start, end = syms.address(start_sym), syms.address(end_sym)
+            if start is None or end is None:
+                notes.append(f"no {start_sym}: {kind} sites not masked")
+                continue
+            raw = im.try_read(start, end - start) if end > start else b""
+            if raw is None:
+                notes.append(f"{start_sym}..{end_sym} not in the file: {kind} not masked")
+                continue
+            if how == "abs64":
+                for (addr,) in struct.iter_unpack("<Q", raw[:len(raw) - len(raw) % 8]):
+                    mark(kind, addr, length)
+            else:
+                for i in range(0, len(raw) - 3, stride):
+                    (rel,) = struct.unpack_from("<i", raw, i)
+                    mark(kind, start + i + rel, length)
+        code = bytes(im.section_data(im.section(".text")))
+    pos = code.find(TRAMP_SIGNATURE)
+    while pos >= 0:
+        if pos >= 5:
+            mark("static_call_tramp", text.vaddr + pos - 5, 5)
+        pos = code.find(TRAMP_SIGNATURE, pos + 1)
+    return PatchMask(text, bits, flat, counts, pages, notes)
+
+
+def account(orig: bytes, boot: bytes, mask: PatchMask, valid=None) -> dict:
+    """Which tables explain the bytes that differ between ``orig`` and ``boot`` (.text images).
+
+    ``valid(offset)`` may exclude bytes (pages a dump lacks). Each differing byte counts once,
+    for the first table naming it; ``unexplained`` lists the runs no table names.
+    """
+    by_kind = dict.fromkeys(KINDS, 0)
+    unexplained: list[tuple[int, int]] = []
+    total = 0
+    step = 256
+    for base in range(0, min(len(orig), len(boot)), step):
+        a, b = orig[base:base + step], boot[base:base + step]
+        if a == b:
+            continue
+        for j in range(len(a)):
+            if a[j] == b[j]:
+                continue
+            off = base + j
+            if valid is not None and not valid(off):
+                continue
+            total += 1
+            m = mask.bits[off]
+            if not m:
+                if unexplained and unexplained[-1][0] + unexplained[-1][1] == off:
+                    unexplained[-1] = (unexplained[-1][0], unexplained[-1][1] + 1)
+                else:
+                    unexplained.append((off, 1))
+                continue
+            for k in KINDS:
+                if m & BIT[k]:
+                    by_kind[k] += 1
+                    break
+    return {"changed_bytes": total, "by_table": {k: v for k, v in by_kind.items() if v},
+            "unexplained_bytes": sum(n for _, n in unexplained), "unexplained_runs": unexplained}

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""``make boot-test``: boot real kernels, then hold ``pvpatch apply`` to what they hold.
+
+For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs) and the cloud
+kernel (native): fetch it, boot it under QEMU and dump its patched .text (boot.py; cached per
+kernel release, --refresh reboots), write ``pvpatch apply VMLINUX -o OUT --backend B
+[--vcpus N]`` and compare every .text pv site (compare.py). Prints a table; exits 1 if any
+site differs or a step failed. If ``pvpatch apply`` is unavailable, the dumps are still made
+and the comparison is skipped, loudly.
+
+    scripts/boottest/run.py [--refresh] [--only amd64:xen2] [--describe] [--keep-patched]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from boottest import boot as bootmod
+from boottest import compare as cmp
+from boottest.common import BootError, ensure_tools, fetch_kernel, say, tool_versions, write_json
+
+PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64", "native"))
+
+
+def apply_available(pvpatch: str) -> bool:
+    try:
+        r = subprocess.run([pvpatch, "apply", "--help"], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def apply_args(mode: str) -> list[str]:
+    if mode == "native":
+        return ["--backend", "native"]
+    return ["--backend", "xen", "--vcpus", mode.removeprefix("xen")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--pvpatch", default=str(Path(sys.executable).parent / "pvpatch"),
+                    help="the pvpatch command (default: next to this python)")
+    ap.add_argument("--refresh", action="store_true", help="reboot even where dumps are cached")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per boot")
+    ap.add_argument("--only", action="append", metavar="FLAVOUR:MODE",
+                    help="run only these (repeatable), e.g. amd64:xen1")
+    ap.add_argument("--describe", action="store_true",
+                    help="also print each dump's per-op ground truth")
+    ap.add_argument("--keep-patched", action="store_true",
+                    help="keep the patched ELFs (about 600 MB each) in the cache")
+    ap.add_argument("--max-list", type=int, default=20, metavar="N",
+                    help="differing sites listed per run (0: all)")
+    a = ap.parse_args()
+    plan = [p for p in PLAN if not a.only or f"{p[0]}:{p[1]}" in a.only]
+    if not plan:
+        ap.error(f"--only matches nothing in {', '.join(f'{f}:{m}' for f, m in PLAN)}")
+
+    try:
+        ensure_tools(xen=any(m != "native" for _, m in plan))
+    except BootError as e:
+        print(f"boot-test: {e}", file=sys.stderr)
+        return 2
+    for k, v in tool_versions().items():
+        say(f"{k}: {v}")
+    can_apply = apply_available(a.pvpatch)
+    if not can_apply:
+        say(f"`{a.pvpatch} apply --help` failed: pvpatch apply is not available yet. "
+            "SKIPPING apply and comparison; the boot dumps are still made.")
+
+    rows = []
+    kernels: dict[str, object] = {}
+    described: dict[str, dict[str, dict]] = {}
+    for flavour, mode in plan:
+        row = {"flavour": flavour, "mode": mode, "release": "?", "boot_s": None,
+               "result": ""}
+        rows.append(row)
+        try:
+            if flavour not in kernels:
+                kernels[flavour] = fetch_kernel(flavour)
+            kernel = kernels[flavour]
+            row["release"] = kernel.release
+            meta = bootmod.boot(kernel, mode, refresh=a.refresh, timeout=a.timeout)
+            row["boot_s"] = meta["boot_seconds"]
+            dump = bootmod.paths(kernel, mode)[0]
+            if a.describe:
+                described.setdefault(kernel.release, {})[mode] = cmp.compare(
+                    kernel.vmlinux, dump, None, True)
+            if not can_apply:
+                row["result"] = "dump ok; apply skipped"
+                continue
+            out = kernel.boot_dir / f"patched-{mode}.vmlinux"
+            argv = [a.pvpatch, "apply", str(kernel.vmlinux), "-o", str(out), *apply_args(mode)]
+            say(" ".join(argv))
+            t = time.monotonic()
+            r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+            row["apply_s"] = round(time.monotonic() - t, 1)
+            if r.returncode:
+                row["result"] = f"apply failed (exit {r.returncode})"
+                say(f"pvpatch apply failed:\n{r.stderr[-3000:]}")
+                continue
+            try:
+                res = cmp.compare(kernel.vmlinux, dump, out, False)
+            finally:
+                if not a.keep_patched:
+                    out.unlink(missing_ok=True)
+            write_json(kernel.boot_dir / f"compare-{mode}.json", res)
+            row.update(res["total"])
+            t = res["total"]
+            row["result"] = "ok" if t["match"] == t["sites"] else "DIFFERS"
+            if t["match"] != t["sites"]:
+                print(f"\n== {kernel.release} {mode}: sites that differ "
+                      f"(full list: {kernel.boot_dir / f'compare-{mode}.json'})")
+                cmp.print_report({**res, "counts": {op: c for op, c in res["counts"].items()
+                                                    if c["match"] != c["sites"]}},
+                                 a.max_list)
+        except BootError as e:
+            row["result"] = "FAILED: " + str(e).splitlines()[0][:60]
+            say(f"{flavour} {mode}: {e}")
+
+    for release, results in described.items():
+        cmp.print_side_by_side(release, results)
+    print()
+    print(f"{'kernel':<22} {'boot':<7} {'boot s':>6} {'sites':>6} {'match':>6} {'differ':>6} "
+          f"{'no-data':>7}  result")
+    for r in rows:
+        boot_s = f"{r['boot_s']:.1f}" if r["boot_s"] is not None else "-"
+        print(f"{r['release']:<22} {r['mode']:<7} {boot_s:>6} {r.get('sites', '-'):>6} "
+              f"{r.get('match', '-'):>6} {r.get('differ', '-'):>6} {r.get('no_data', '-'):>7}"
+              f"  {r['result']}")
+    if not can_apply:
+        print("\npvpatch apply is not available: nothing was compared (dumps are cached).")
+    failed = [r for r in rows if r["result"] not in ("ok", "dump ok; apply skipped")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
