@@ -61,7 +61,7 @@ class PatchedCopy:
         except OSError as e:
             raise UsageError(f"cannot create a file in {folder}: {e.strerror}") from None
         os.close(fd)
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._copy, daemon=True)
         self._cleanup = _removed_on_failure(self.tmp)
 
@@ -69,7 +69,7 @@ class PatchedCopy:
         try:
             _copy(self.src, self.tmp)
             shutil.copymode(self.src, self.tmp)
-        except OSError as e:
+        except BaseException as e:  # handed to the main thread by commit()
             self._error = e
 
     def __enter__(self) -> PatchedCopy:
