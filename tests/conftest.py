@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,11 +51,23 @@ def assemble(source: str, bits: int = 64, *, ld_args: tuple[str, ...] = (),
     return out
 
 
-def real_kernel(flavour: str = "cloud-amd64") -> Path:
-    """Path of a fetched Debian debug vmlinux, or skip loudly saying how to get one."""
+_RELEASE_BASE = re.compile(r"^(\d+\.\d+)[\d.]*(-\d+|\+deb\d+)$")  # 6.1.0-56, 6.12.117+deb12
+
+
+def real_kernel(flavour: str = "cloud-amd64", series: str = "6.1", kind: str = "vmlinux") -> Path:
+    """A fetched Debian kernel of exactly this flavour and series, or skip loudly.
+
+    ``vmlinux-6.1.0-56-amd64`` is flavour ``amd64`` of series ``6.1``; the cloud kernel is
+    not an ``amd64`` one, and 6.12 is not 6.1. ``kind`` is ``vmlinux`` or ``vmlinuz``.
+    """
     kdir = CACHE / "kernels"
-    found = sorted(kdir.glob(f"vmlinux-*-{flavour}")) if kdir.is_dir() else []
+    found = []
+    for path in sorted(kdir.glob(f"{kind}-*-{flavour}")) if kdir.is_dir() else []:
+        base = path.name[len(kind) + 1:-len(flavour) - 1]
+        m = _RELEASE_BASE.match(base)
+        if m and m.group(1) == series:
+            found.append(path)
     if not found:
-        pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {flavour} debug vmlinux in {kdir} "
+        pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {series} {flavour} {kind} in {kdir} "
                     "(run `make fetch` with access to Debian's package registry)")
     return found[-1]
