@@ -22,6 +22,7 @@ COMMANDS = {  # name → module; imported only when that command runs, to keep s
     "notes": "pvpatch.cli.notes_cmd",
     "apply": "pvpatch.cli.apply_cmd",
     "diff": "pvpatch.cli.diff_cmd",
+    "check": "pvpatch.cli.check_cmd",
 }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pvpatch.image.elf import ElfImage
+from pvpatch.kernel.alternatives import AltTable, read_alternatives
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.pvops import PvOps
 from pvpatch.kernel.sites import SiteTable, read_sites
@@ -53,6 +54,11 @@ class KernelModel:
         return clobber_bits(self.image.bits, self.version.major, self.version.minor)
 
     @cached_property
+    def alternatives(self) -> AltTable:
+        return read_alternatives(self.image, self.types)
+
+    @cached_property
     def sites(self) -> SiteTable:
+        has_para = self.image.section(".parainstructions") is not None
         return read_sites(self.image, self.types, self.pvops, self.clobber_bits,
-                          self.layout_name)
+                          self.layout_name, None if has_para else self.alternatives)

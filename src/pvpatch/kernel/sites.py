@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pvpatch.disasm import Insn, decode, text_of
 from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage, Section
+from pvpatch.kernel.alternatives import AltTable
 from pvpatch.kernel.clobbers import ClobberBits
 from pvpatch.kernel.pvops import PvOps, Slot
 from pvpatch.kernel.records import KNOWN_STRIDES, RecordLayout, layouts_for
@@ -53,15 +54,23 @@ class SiteTable:
     layout_reason: str
     sites: list[Site]
     section: Section | None
+    origin: str = SECTION  # where the sites are recorded
 
 
 def read_sites(image: ElfImage, types: TypeSource | None, pvops: PvOps,
-               clobber_bits: ClobberBits, layout_name: str | None = None) -> SiteTable:
-    """All sites of the image, decoded and cross-checked; empty table if there is no section."""
+               clobber_bits: ClobberBits, layout_name: str | None = None,
+               alternatives: AltTable | None = None) -> SiteTable:
+    """All sites of the image, decoded and cross-checked.
+
+    Up to 6.7 they are the ``.parainstructions`` records; from 6.8 that table is gone and
+    every pv call is an ``.altinstructions`` entry flagged ALT_FLAG_DIRECT_CALL.
+    """
     sec = image.section(SECTION)
     if sec is None or not sec.size:
-        return SiteTable(None, f"no {SECTION} section (kernel 6.8+, or built without "
-                         "CONFIG_PARAVIRT)", [], sec)
+        if alternatives is not None and any(e.direct_call for e in alternatives.entries):
+            return _direct_call_sites(image, pvops, alternatives)
+        return SiteTable(None, f"no {SECTION} section and no ALT_FLAG_DIRECT_CALL "
+                         "alternatives (built without CONFIG_PARAVIRT?)", [], sec)
     raw = image.section_data(sec)
     layout, reason = choose_layout(image, raw, types, layout_name)
     sites = [_decode_site(image, s, pvops) for s in _records(raw, layout)]
@@ -69,6 +78,21 @@ def read_sites(image: ElfImage, types: TypeSource | None, pvops: PvOps,
         if s.clobbers is not None:
             s.problems.extend(_check_clobber_bits(s.clobbers, clobber_bits))
     return SiteTable(layout, reason, sites, sec)
+
+
+def _direct_call_sites(image: ElfImage, pvops: PvOps, alts: AltTable) -> SiteTable:
+    """6.8+: a site per DIRECT_CALL entry; its slot is read from the call's displacement."""
+    sites = []
+    for e in alts.entries:
+        if not e.direct_call:
+            continue
+        site = Site(len(sites), e.instr, -1, e.instrlen, None)
+        site = _decode_site(image, site, pvops, by_call=True)
+        sites.append(site)
+    reason = (f"no {SECTION} (6.8+): {len(sites)} .altinstructions entries flagged "
+              f"ALT_FLAG_DIRECT_CALL; {alts.reason}")
+    return SiteTable(None, reason, sites, image.section(".altinstructions"),
+                     ".altinstructions (ALT_FLAG_DIRECT_CALL)")
 
 
 def _records(raw: memoryview, layout: RecordLayout) -> list[Site]:
@@ -204,7 +228,7 @@ def _code_problem(image: ElfImage, addr: int, length: int,
 
 # -- per-site decoding ------------------------------------------------------------------------
 
-def _decode_site(image: ElfImage, site: Site, pvops: PvOps) -> Site:
+def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = False) -> Site:
     sec = image.section_at(site.address, max(site.length, 1))
     site.section = sec.name if sec else None
     site.function = image.symbols.describe(site.address)
@@ -215,6 +239,9 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps) -> Site:
     problem = _code_problem(image, site.address, site.length, site.insns if code else None, sec)
     if problem:
         site.problems.append(problem)
+    if by_call:  # no type byte: the slot is what the call reads
+        via = pvops.slot_by_address(site.call_target) if site.call_target is not None else None
+        site.type = via.index if via else -1
     site.slot = pvops.slot(site.type)
     if site.slot is None:
         site.problems.append(f"type {site.type} names no slot of {pvops.described}")

@@ -1,0 +1,83 @@
+"""``pvpatch check``: every defect pvpatch can see in an image, for CI (docs/check.md)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pvpatch.checks.baseline import load_baseline, mark_known
+from pvpatch.checks.model import SEVERITIES
+from pvpatch.checks.runner import parse_backends, run_checks
+from pvpatch.errors import InputError
+from pvpatch.kernel.model import KernelModel
+from pvpatch.render.check import check_dict, failing, render_junit, render_text, verdict_line
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+@click.command()
+@click.argument("vmlinux", type=click.Path(dir_okay=False))
+@click.option("--backend", "backends", metavar="LIST",
+              help="Comma-separated backends to check for: native, xen.  [default: native,xen; "
+                   "xen is skipped for kernels built without it]")
+@click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
+              help="Xen: vCPUs the guest boots with (1 keeps native spinlocks).")
+@click.option("--format", "fmt", type=click.Choice(("text", "json", "junit")), default="text",
+              show_default=True, help="Report format (json: schema pvpatch.check/1).")
+@click.option("-o", "--output", metavar="FILE",
+              help="Write the report to FILE and only the verdict to stdout.")
+@click.option("--fail-on", type=click.Choice(SEVERITIES), default="error", show_default=True,
+              help="Lowest severity of a new finding that makes the exit status 1.")
+@click.option("--baseline", metavar="OLD",
+              help="An earlier image or --format json report: its findings become 'known' "
+                   "and do not count toward the exit status.")
+def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, output: str | None,
+          fail_on: str, baseline: str | None) -> None:
+    """Check the paravirt sites, slots, alternatives and Xen notes of VMLINUX.
+
+    Each finding names its check id, severity, backend, site (address, function+offset, op)
+    and what is wrong; docs/check.md lists every check.
+
+    \b
+    Exit status:
+      0  no new finding at or above --fail-on
+      1  at least one
+      2  bad usage or an unreadable image / baseline
+
+    \b
+    Examples:
+      pvpatch check vmlinux
+      pvpatch check vmlinux --backend xen --vcpus 1 --fail-on warning
+      pvpatch check vmlinux --format junit -o pvpatch-junit.xml
+      pvpatch check vmlinux --format json -o old.json; pvpatch check new/vmlinux --baseline old.json
+    """
+    names, explicit = parse_backends(backends)
+    with KernelModel.open(vmlinux) as model:
+        run = run_checks(model, names, vcpus, explicit)
+    base = load_baseline(baseline, names, vcpus) if baseline else None
+    run.findings = mark_known(run.findings, base)
+    report = _render(fmt, run, fail_on, base)
+    if output:
+        _write(output, report)
+        click.echo(f"pvpatch check: {verdict_line(run, fail_on)} (report: {output})")
+    else:
+        click.echo(report, nl=not report.endswith("\n"))
+    if failing(run.findings, fail_on):
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+def _render(fmt: str, run, fail_on: str, base) -> str:
+    if fmt == "json":
+        return json.dumps(check_dict(run, fail_on, base), indent=1) + "\n"
+    if fmt == "junit":
+        return render_junit(run, fail_on)
+    return render_text(run, fail_on, base)
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise InputError(f"cannot write the report: {e.strerror}", path) from None
