@@ -26,7 +26,10 @@ from boottest import boot as bootmod
 from boottest import compare as cmp
 from boottest.common import BootError, ensure_tools, fetch_kernel, say, tool_versions, write_json
 
-PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64", "native"))
+# Debian's current 6.1 kernels, then 6.12 (the ALT_FLAG_DIRECT_CALL era), generic and cloud.
+PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64", "native"),
+        ("6.12-amd64", "native"), ("6.12-amd64", "xen1"), ("6.12-amd64", "xen2"),
+        ("6.12-cloud-amd64", "native"))
 
 
 def apply_available(pvpatch: str) -> bool:

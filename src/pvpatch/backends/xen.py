@@ -14,7 +14,7 @@ def resolve(model: KernelModel, vcpus: int) -> Backend:
     rules = rules_for((v.major, v.minor) if v.major is not None else None)
     if rules is None:
         raise InputError(f"no Xen PV start-up rules for kernel {v.short} yet "
-                         "(known: 5.19–6.7)", model.image.path)
+                         "(known: 5.19–6.12)", model.image.path)
     if model.image.symbols.get("xen_start_kernel") is None:
         raise InputError("kernel built without Xen PV support (no xen_start_kernel)",
                          model.image.path)

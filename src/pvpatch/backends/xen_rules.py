@@ -42,9 +42,9 @@ _VCPU_INFO = "xen_setup_vcpu_info_placement (smp_pv.c: xen_pv_smp_prepare_boot_c
 _POST_ALLOC = "xen_post_allocator_init (mmu_pv.c: xen_pagetable_init)"
 _GDT = "xen_setup_gdt (enlighten_pv.c: xen_start_kernel)"
 
-XEN_5_19_TO_6_7 = XenRules(
-    versions="5.19–6.7 (read in Debian 6.1.192)",
-    min_version=(5, 19), max_version=(6, 7),
+XEN_5_19_TO_6_12 = XenRules(
+    versions="5.19–6.12 (read in Debian 6.1.192 and 6.12.117)",
+    min_version=(5, 19), max_version=(6, 12),
     copies=(
         MemberCopy("cpu", "xen_cpu_ops", "xen_start_kernel"),
         MemberCopy("irq", "xen_irq_ops", "xen_init_irq_ops (irq.c)"),
@@ -80,7 +80,7 @@ XEN_5_19_TO_6_7 = XenRules(
     ),
 )
 
-XEN_RULES = (XEN_5_19_TO_6_7,)
+XEN_RULES = (XEN_5_19_TO_6_12,)
 
 
 def rules_for(version: tuple[int, int] | None) -> XenRules | None:

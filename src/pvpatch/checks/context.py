@@ -20,6 +20,8 @@ from pvpatch.patch.plan import PatchPlan
 
 @dataclass
 class Context:
+    """The image-wide facts; section lookups and alternative pairs are computed on demand."""
+
     model: KernelModel
     alts: AltTable
     _sections: dict[int, Section | None] = field(default_factory=dict)

@@ -29,9 +29,10 @@ def _calls(ctx: Context, run: BackendRun) -> list[Finding]:
         if res is None or res.value is None or res.value == run.nop_function:
             continue
         target = run.plan.bug_function if res.value == 0 else res.name
+        why = (f"a {CALL_LEN}-byte call to {target} does not fit the {s.length}-byte site "
+               "(5.13–6.7 apply_paravirt: BUG_ON(used > len))")
         out.append(finding("fit.call-too-long", run.backend.name, s.address, ctx.label(s),
-                           s.op, f"a {CALL_LEN}-byte call to {target} does not fit the "
-                                 f"{s.length}-byte site: apply_paravirt BUG()s at boot"))
+                           s.op, why))
     return out
 
 

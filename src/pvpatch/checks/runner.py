@@ -66,17 +66,18 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     ctx = Context(model, read_alternatives(model.image, model.types))
     run = CheckRun(model.image.path, model.version.release, [])
     _image_suites(ctx, run)
+    run.checked.update(sites=len(model.sites.sites), pv_alternatives=len(ctx.pv_alternatives))
     wanted = _usable(model, names, explicit, run)
     for name in wanted:
         _backend_suites(ctx, run, load_backend(model, name, vcpus))
     if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to `wanted`
         _xen_suite(model, run)
-    run.checked.update(sites=len(model.sites.sites), pv_alternatives=len(ctx.pv_alternatives))
     return run
 
 
 def _usable(model: KernelModel, names: tuple[str, ...], explicit: bool, run: CheckRun
             ) -> tuple[str, ...]:
+    """The default list must work on any kernel; an explicit one fails loudly instead."""
     if explicit or "xen" not in names or xen.support(model.image).pv:
         return names
     run.notes.append("xen backend skipped: the kernel is built without Xen PV support "
@@ -85,6 +86,7 @@ def _usable(model: KernelModel, names: tuple[str, ...], explicit: bool, run: Che
 
 
 def _image_suites(ctx: Context, run: CheckRun) -> None:
+    """Facts of the image itself: reported once, whatever the backends."""
     run.findings += sites.check_sites(ctx)
     run.suites.append(Suite("site", None, False))
     run.findings += alternatives.check_alignment(ctx)
@@ -92,6 +94,7 @@ def _image_suites(ctx: Context, run: CheckRun) -> None:
 
 
 def _backend_suites(ctx: Context, run: CheckRun, backend: Backend) -> None:
+    """Plan the backend's boot patching once (as `apply` does) and let each family read it."""
     model = ctx.model
     p = plan(model, backend, ctx.alts, default_nops(model.image.bits))
     br = BackendRun(backend, p, model.image.symbols.address(ERA_5_13_TO_6_7.nop_function))
@@ -102,6 +105,7 @@ def _backend_suites(ctx: Context, run: CheckRun, backend: Backend) -> None:
 
 
 def _xen_suite(model: KernelModel, run: CheckRun) -> None:
+    """Skipped, not silent, when the kernel has no Xen guest code at all."""
     found, evaluated = xen.check_xen(model.image)
     run.findings += found
     run.checked["xen_conditions"] = evaluated

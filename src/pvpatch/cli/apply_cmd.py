@@ -10,7 +10,6 @@ import click
 
 from pvpatch.backends import BACKENDS, load_backend
 from pvpatch.errors import UsageError
-from pvpatch.kernel.alternatives import read_alternatives
 from pvpatch.kernel.model import KernelModel
 from pvpatch.patch.nops import default_nops
 from pvpatch.patch.plan import plan
@@ -67,8 +66,9 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         model = stack.enter_context(KernelModel.open(vmlinux))
         progress("resolving the backend and planning")
         be = load_backend(model, backend, vcpus)
-        p = plan(model, be, read_alternatives(model.image, model.types),
-                 default_nops(model.image.bits))
+        v = model.version
+        p = plan(model, be, model.alternatives,
+                 default_nops(model.image.bits, (v.major, v.minor) if v.major else None))
         changes = [(x.site.address, x.after) for x in p.patches if x.changed]
         pokes = file_pokes(model.image, changes)
         bits = model.image.bits

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
-from pvpatch.checks.baseline import load_baseline, mark_known
+from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
-from pvpatch.checks.runner import parse_backends, run_checks
-from pvpatch.errors import InputError
+from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
+from pvpatch.errors import InputError, UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.render.check import check_dict, failing, render_junit, render_text, verdict_line
 
@@ -53,6 +54,8 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, output: str 
       pvpatch check vmlinux --format json -o old.json; pvpatch check new/vmlinux --baseline old.json
     """
     names, explicit = parse_backends(backends)
+    if output and os.path.abspath(output) == os.path.abspath(vmlinux):
+        raise UsageError("-o would overwrite the image itself: give the report another name")
     with KernelModel.open(vmlinux) as model:
         run = run_checks(model, names, vcpus, explicit)
     base = load_baseline(baseline, names, vcpus) if baseline else None
@@ -67,7 +70,8 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, output: str 
         raise click.exceptions.Exit(EXIT_FAILED)
 
 
-def _render(fmt: str, run, fail_on: str, base) -> str:
+def _render(fmt: str, run: CheckRun, fail_on: str, base: Baseline | None) -> str:
+    """The report text in the chosen format (JSON and JUnit end with a newline)."""
     if fmt == "json":
         return json.dumps(check_dict(run, fail_on, base), indent=1) + "\n"
     if fmt == "junit":
@@ -76,6 +80,7 @@ def _render(fmt: str, run, fail_on: str, base) -> str:
 
 
 def _write(path: str, text: str) -> None:
+    """An unwritable -o is the user's to fix: one line, status 2, not a traceback."""
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)

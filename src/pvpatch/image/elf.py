@@ -19,6 +19,8 @@ from pvpatch.errors import InputError
 from pvpatch.image import layouts as L
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pvpatch.image.symbols import SymbolTable
 
 
@@ -66,7 +68,15 @@ class Segment:
 
 
 class ElfImage:
-    """An opened ELF file. Use as a context manager or call :meth:`close`."""
+    """An opened ELF file. Use as a context manager or call :meth:`close`.
+
+    ``ElfImage(path)`` maps a file; :meth:`from_bytes` wraps an ELF already in memory (the
+    vmlinux decompressed out of a bzImage). ``path`` names the input in messages either way;
+    ``origin`` says how the ELF was obtained (None: the file itself).
+    """
+
+    origin: object | None = None  # a pvpatch.image.bzimage.BootImage for a vmlinuz
+    progress: Callable[[str], None] | None = None  # told about long steps (kallsyms)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -80,8 +90,25 @@ class ElfImage:
             raise InputError(f"not an ELF file ({size} bytes, too short for an ELF header)",
                              self.path)
         self._map = mmap.mmap(self._fd.fileno(), 0, access=mmap.ACCESS_READ)
-        self.data = memoryview(self._map)
-        self.size = size
+        self._setup(memoryview(self._map))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, label: str,
+                   origin: object | None = None) -> ElfImage:
+        """An image over ``data`` (kept, not copied); ``label`` names it in messages."""
+        self = cls.__new__(cls)
+        self.path, self._fd, self._map, self.origin = label, None, None, origin
+        view = memoryview(data).cast("B")
+        if len(view) < 16:
+            raise InputError(f"not an ELF file ({len(view)} bytes, too short for an ELF "
+                             "header)", label)
+        self._setup(view)
+        return self
+
+    def _setup(self, view: memoryview) -> None:
+        self.data = view
+        self.size = len(view)
+        self._open = True
         try:
             self._parse_header()
             self.sections = self._parse_sections()
@@ -93,20 +120,33 @@ class ElfImage:
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        if getattr(self, "_map", None) is None:
+        if not getattr(self, "_open", False):
             return
+        self._open = False
         self.__dict__.pop("symbols", None)
         self.data.release()
-        with contextlib.suppress(BufferError):  # a caller still holds a slice; freed at exit
-            self._map.close()
-        self._map = None
-        self._fd.close()
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a caller still holds a slice; freed at exit
+                self._map.close()
+            self._map = None
+        if self._fd is not None:
+            self._fd.close()
 
     def __enter__(self) -> ElfImage:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def elf_size(self) -> int:
+        """Where the ELF ends: the furthest header table, section or segment in the file."""
+        h = self.header
+        ends = [16 + L.EHDR_TAIL[self.bits].size, h["e_phoff"] + h["e_phnum"] * h["e_phentsize"],
+                h["e_shoff"] + h["e_shnum"] * h["e_shentsize"]]
+        ends += [s.offset + s.size for s in self.sections if s.has_file_data]
+        ends += [p.offset + p.filesz for p in self.segments]
+        return min(max(ends), self.size)
 
     # -- header ----------------------------------------------------------------------------
 
@@ -269,3 +309,7 @@ class ElfImage:
         from pvpatch.image.symbols import SymbolTable
 
         return SymbolTable.from_image(self)
+
+    def use_symbols(self, table: SymbolTable) -> None:
+        """Name addresses with ``table`` (e.g. from a System.map) instead of the image's own."""
+        self.__dict__["symbols"] = table

@@ -39,6 +39,9 @@ def _h(*seqs: str) -> tuple[bytes, ...]:
 P6_64 = NopTable("p6", "5.13–6.4 (64-bit; also ideal_nops on P6-class CPUs before 5.13)", _h(
     "90", "6690", "0f1f00", "0f1f4000", "0f1f440000", "660f1f440000", "0f1f8000000000",
     "0f1f840000000000"))
+P6_64_LONG = NopTable("p6-11", "6.5+ (64-bit: ASM_NOP_MAX 11; the change lies in 6.3–6.5)",
+                      P6_64.seqs + _h("2e0f1f840000000000", "662e0f1f840000000000",
+                                      "66662e0f1f840000000000"))
 GENERIC_32 = NopTable("generic32", "5.13–6.4 (32-bit)", _h(
     "90", "89f6", "8d7600", "8d742600", "3e8d742600", "8db600000000", "8db42600000000",
     "3e8db42600000000"))
@@ -52,9 +55,11 @@ INTEL = NopTable("intel", "≤5.12 (32-bit GENERIC)", _h(
     "90", "89f6", "8d7600", "8d742600", "908d742600", "8db600000000", "8db42600000000",
     "908db42600000000"))
 
-NOP_TABLES = {t.name: t for t in (P6_64, GENERIC_32, K8, K7, INTEL)}
+NOP_TABLES = {t.name: t for t in (P6_64, P6_64_LONG, GENERIC_32, K8, K7, INTEL)}
 
 
-def default_nops(bits: int) -> NopTable:
+def default_nops(bits: int, version: tuple[int, int] | None = None) -> NopTable:
     """The build-time table of 5.13+ kernels (and a modern CPU's choice before that)."""
-    return P6_64 if bits == 64 else GENERIC_32
+    if bits == 32:
+        return GENERIC_32
+    return P6_64_LONG if version is not None and version >= (6, 5) else P6_64

@@ -77,6 +77,10 @@ ERA_5_13_TO_6_7 = Era("paravirt_patch", "5.13–6.7", "_paravirt_nop", "paravirt
 
 
 def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -> PatchPlan:
+    if model.sites.origin != ".parainstructions":  # 6.8+: ALT_FLAG_DIRECT_CALL
+        from pvpatch.patch.direct_calls import plan_direct_calls
+
+        return plan_direct_calls(model, backend, alts, nops)
     era = _era(model)
     image = model.image
     nop_fn = image.symbols.address(era.nop_function)

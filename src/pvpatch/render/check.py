@@ -29,6 +29,7 @@ def _hex(v: int | None) -> str | None:
 
 
 def finding_dict(f: Finding) -> dict:
+    """One finding as the schema documents it (docs/check.md); also what --baseline reads."""
     return {"check": f.check, "family": f.family, "severity": f.severity, "status": f.status,
             "backend": f.backend, "address": _hex(f.address), "function": f.function,
             "op": f.op, "message": f.message}
@@ -42,10 +43,13 @@ def _counts(findings: list[Finding], fail_on: str) -> dict[str, int]:
 
 
 def _suite_checks(suite: Suite) -> list[str]:
+    """The check ids a suite runs: its family's, image-level or per-backend as the suite is."""
     return [c.id for c in CHECKS if c.family == suite.family and c.per_backend == suite.per_backend]
 
 
 def check_dict(run: CheckRun, fail_on: str, baseline: Baseline | None) -> dict:
+    """The ``pvpatch.check/1`` document; it names the checks that ran so a reader of an old
+    report knows what was and was not looked at."""
     ran = sorted({cid for s in run.suites if not s.skipped for cid in _suite_checks(s)},
                  key=list(BY_ID).index)
     return {
@@ -68,6 +72,7 @@ def check_dict(run: CheckRun, fail_on: str, baseline: Baseline | None) -> dict:
 
 
 def verdict_line(run: CheckRun, fail_on: str) -> str:
+    """One line a CI log can show: pass/fail, the counts, and what decided it."""
     c = _counts(run.findings, fail_on)
     known = f", {c[KNOWN]} known" if c[KNOWN] else ""
     word = "FAIL" if c["failing"] else "PASS"
@@ -76,6 +81,7 @@ def verdict_line(run: CheckRun, fail_on: str) -> str:
 
 
 def render_text(run: CheckRun, fail_on: str, baseline: Baseline | None) -> str:
+    """A header with what was checked and the verdict, then one row per finding."""
     ch = run.checked
     done = [f"{ch.get('sites', 0)} sites", f"{ch.get('pv_alternatives', 0)} alternatives "
             "on pv sites"]
@@ -95,6 +101,7 @@ def render_text(run: CheckRun, fail_on: str, baseline: Baseline | None) -> str:
 
 
 def _table(findings: list[Finding], with_status: bool) -> str:
+    """Findings as rows; the status column only when a baseline can make one known."""
     head = ("severity", "check", "backend", "address", "function", "op", "message")
     rows = [(f.severity, f.check, f.backend or "-", _hex(f.address) or "-", f.function or "-",
              f.op or "-", f.message) for f in findings]
@@ -105,11 +112,13 @@ def _table(findings: list[Finding], with_status: bool) -> str:
 
 
 def _line(f: Finding) -> str:
+    """A finding on one line, for JUnit failure and output texts."""
     where = " ".join(x for x in (_hex(f.address), f.function, f.op) if x)
     return f"[{f.status}] {f.severity} {where}: {f.message}"
 
 
 def render_junit(run: CheckRun, fail_on: str) -> str:
+    """JUnit XML with totals on the root, which GitLab and most JUnit viewers read."""
     import xml.etree.ElementTree as ET  # only this format needs it
 
     root = ET.Element("testsuites", name="pvpatch check")
@@ -127,6 +136,7 @@ def render_junit(run: CheckRun, fail_on: str) -> str:
 
 
 def _junit_suite(root: ET.Element, run: CheckRun, suite: Suite, fail_on: str) -> ET.Element:
+    """Every check id of the suite is a testcase, so passing checks show as passed tests."""
     import xml.etree.ElementTree as ET
 
     name = suite.family + (f" ({suite.backend})" if suite.backend else "")
