@@ -21,10 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Fetch the cloud and generic 6.1 debug kernels into $(CACHE) (outside git). A failure to reach
+# Fetch Debian's debug kernels into $(CACHE) (outside git): 6.1 cloud and generic, 6.12 cloud. A failure to reach
 # Debian's registry is not fatal here: the real-kernel tests then skip and say why.
 fetch:
-	@for f in cloud-amd64 amd64; do \
+	@for f in cloud-amd64 amd64 6.12-cloud-amd64; do \
 	    scripts/fetch-kernel.sh $$f || echo "make fetch: could not fetch the $$f kernel (see above); real-kernel tests will skip" >&2; \
 	done
 

@@ -72,3 +72,34 @@ def test_cli_json_matches_model(model):
     assert d["site_count"] == len(model.sites.sites)
     assert sum(o["sites"] for o in d["ops"]) == d["site_count"]
     assert d["problems"] == 0
+
+
+@pytest.fixture(scope="module")
+def model612():
+    with KernelModel.open(str(real_kernel("cloud-amd64", "6.12"))) as m:
+        yield m
+
+
+def test_6_12_sites_are_the_direct_call_alternatives(model612):
+    t = model612.sites
+    assert t.origin.startswith(".altinstructions") and t.layout is None
+    assert model612.image.section(".parainstructions") is None
+    for s in t.sites:
+        assert not s.problems, (hex(s.address), s.problems)
+        assert s.length == 6 and s.insns[0].raw[:2] == b"\xff\x15"
+        assert s.slot is not None and s.call_target == s.slot.address
+    ops = {s.op for s in t.sites}
+    assert {"irq.save_fl", "cpu.cpuid", "lock.queued_spin_unlock"} <= ops
+    assert model612.alternatives.layout.size == 14
+
+
+def test_6_12_apply_plans_every_site_without_problems(model612):
+    from pvpatch.backends import load_backend
+    from pvpatch.patch.nops import default_nops
+    from pvpatch.patch.plan import plan
+
+    for backend, vcpus in (("native", 2), ("xen", 1), ("xen", 2)):
+        p = plan(model612, load_backend(model612, backend, vcpus), model612.alternatives,
+                 default_nops(64, (6, 12)))
+        assert not [x.problems for x in p.patches if x.problems]
+        assert all(x.outcome != "unpatched" for x in p.patches)
