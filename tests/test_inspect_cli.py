@@ -34,14 +34,14 @@ def test_sites_listing_with_filters(fixture64):
     assert r.returncode == 0
     listing = r.stdout.split("\naddress", 1)[1].splitlines()[1:]
     assert len(listing) == 1 and listing[0].split()[2] == "helper"
-    r = run("inspect", fixture64, "--json", "--op", "pv_ops+0x8")
+    r = run("inspect", fixture64, "--json", "--sites", "--op", "pv_ops+0x8")
     d = json.loads(r.stdout)
     assert d["selected"] == 2 and d["site_count"] == 8
     assert {s["native_target"] for s in d["sites"]} == {"native_save_fl"}
 
 
 def test_json_document(fixture64):
-    d = json.loads(run("inspect", fixture64, "--json").stdout)
+    d = json.loads(run("inspect", fixture64, "--json", "--sites").stdout)
     assert d["schema"] == "pvpatch.inspect/1"
     assert d["layout"]["name"] == "x86_64+stale-clobbers" and d["layout"]["record_size"] == 16
     assert d["kernel"]["release"] == "6.1.0-fixture"

@@ -65,7 +65,8 @@ def test_version_from_banner(model):
 
 
 def test_cli_json_matches_model(model):
-    r = subprocess.run([sys.executable, "-m", "pvpatch", "inspect", model.image.path, "--json"],
+    r = subprocess.run([sys.executable, "-m", "pvpatch", "inspect", model.image.path, "--json",
+                        "--sites"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)

@@ -175,7 +175,8 @@ def load_sites(vmlinux: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     say(f"pvpatch inspect {vmlinux} --json")
-    r = subprocess.run([sys.executable, "-m", "pvpatch", "inspect", str(vmlinux), "--json"],
+    r = subprocess.run([sys.executable, "-m", "pvpatch", "inspect", str(vmlinux), "--json",
+                        "--sites"],
                        stdout=subprocess.PIPE, text=True, cwd=REPO)
     if r.returncode:
         raise BootError(f"pvpatch inspect {vmlinux} --json failed (exit {r.returncode})")

@@ -15,7 +15,8 @@ from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
 
 @click.command()
 @click.argument("vmlinux", type=click.Path(dir_okay=False))
-@click.option("--sites", "list_sites", is_flag=True, help="List every site, not just the summary.")
+@click.option("--sites", "list_sites", is_flag=True,
+              help="List every site, not just the summary (with --json: add the sites array).")
 @click.option("--op", "ops", multiple=True, metavar="GLOB",
               help="Only sites of ops matching GLOB (e.g. 'irq.*', 'cpu.cpuid'); repeatable.")
 @click.option("--function", "functions", multiple=True, metavar="GLOB",
@@ -43,12 +44,13 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
       pvpatch inspect vmlinux --sites --function 'native_flush_tlb*'
       pvpatch inspect vmlinux --backend xen --vcpus 1     every op's Xen target and why
       pvpatch inspect vmlinux --json | jq '.ops[] | select(.native_target == "NULL")'
+      pvpatch inspect vmlinux --json --sites | jq '.sites[] | select(.op == "cpu.cpuid")'
     """
     with KernelModel.open(vmlinux, layout) as model:
         sites = select(model.sites.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
-            click.echo(json.dumps(inspect_dict(model, sites, be)))
+            click.echo(json.dumps(inspect_dict(model, sites, be, with_sites=list_sites)))
             return
         click.echo(render_summary(model, sites, be))
         if list_sites:

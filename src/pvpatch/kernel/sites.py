@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pvpatch.disasm import Insn, decode, text_of
 from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage, Section
+from pvpatch.image.symbols import SymbolTable
 from pvpatch.kernel.alternatives import AltTable
 from pvpatch.kernel.clobbers import ClobberBits
 from pvpatch.kernel.pvops import PvOps, Slot
@@ -31,17 +32,27 @@ class Site:
     length: int
     clobbers: int | None
     section: str | None = None
-    function: str = ""
+    symbols: SymbolTable | None = field(default=None, repr=False, compare=False)
     insns: list[Insn] = field(default_factory=list)
     call_target: int | None = None  # address of the slot the call/jmp reads
     slot: Slot | None = None  # slot named by the type byte
     native_target: int | None = None  # initial value of that slot
     native_name: str | None = None
     problems: list[str] = field(default_factory=list)
+    _function: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def text(self) -> str:
         return text_of(self.insns)
+
+    @property
+    def function(self) -> str:
+        """``function+0xoff`` of the site, looked up on first use (it needs the sorted
+        symbol table, which a summary never does)."""
+        if self._function is None:
+            self._function = self.symbols.describe(self.address) if self.symbols else \
+                f"{self.address:#x}"
+        return self._function
 
     @property
     def op(self) -> str:
@@ -231,7 +242,7 @@ def _code_problem(image: ElfImage, addr: int, length: int,
 def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = False) -> Site:
     sec = image.section_at(site.address, max(site.length, 1))
     site.section = sec.name if sec else None
-    site.function = image.symbols.describe(site.address)
+    site.symbols = image.symbols
     code = image.try_read(site.address, site.length) if 0 < site.length <= MAX_SITE_LEN else None
     if code:
         site.insns = decode(code, site.address, image.bits)

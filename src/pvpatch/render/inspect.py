@@ -66,7 +66,8 @@ def backend_ops(backend: Backend) -> list[dict]:
             for _i, r in sorted(backend.slots.items())]
 
 
-def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> dict:
+def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
+                 with_sites: bool = True) -> dict:
     table_ = model.sites
     v = model.version
     lay = table_.layout
@@ -94,7 +95,8 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "backend": None if backend is None else {
             "name": backend.name, "description": backend.description,
             "features": backend.feature_reasons, "ops": backend_ops(backend)},
-        "sites": [site_dict(s, _clobber_names(model, s)) for s in sites],
+        **({"sites": [site_dict(s, _clobber_names(model, s)) for s in sites]}
+           if with_sites else {}),
     }
 
 
@@ -103,7 +105,7 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
 
 
 def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> str:
-    d = inspect_dict(model, sites, backend)
+    d = inspect_dict(model, sites, backend, with_sites=False)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"

@@ -1,0 +1,264 @@
+"""The x86 boot image (bzImage, ``/boot/vmlinuz-*``): its header and compressed vmlinux.
+
+The layout is the one of the x86 boot protocol, Documentation/arch/x86/boot.rst ("THE REAL-MODE
+KERNEL HEADER"; Documentation/x86/boot.rst before 6.5). All fields are little-endian:
+
+=======  =====  ===============  ===========================================================
+offset   size   field            use here
+=======  =====  ===============  ===========================================================
+0x1F1    1      setup_sects      real-mode setup size in 512-byte sectors (0 means 4); the
+                                 protected-mode kernel starts at (setup_sects + 1) * 512
+0x1FE    2      boot_flag        0xAA55
+0x202    4      header           "HdrS" (protocol 2.00+)
+0x206    2      version          protocol version, e.g. 0x020F = 2.15
+0x248    4      payload_offset   (2.08+) the compressed kernel, from the protected-mode start
+0x24C    4      payload_length   (2.08+) its length
+=======  =====  ===============  ===========================================================
+
+The payload is ``vmlinux.bin`` (the vmlinux run through ``objcopy -S``: no .symtab, no DWARF,
+but every allocated section, .BTF and the kernel's own kallsyms tables), followed by the
+boot-time relocations, compressed with one method and followed by its uncompressed size as a
+32-bit little-endian word (arch/x86/boot/compressed/Makefile; gzip's own trailer holds it).
+Before protocol 2.08 there are no payload fields: the payload is found by its gzip magic.
+
+Methods: gzip, bzip2, lzma (the .lzma "alone" format), xz from the standard library; zstd with
+``zstandard``; LZ4 with ``lz4.block``, since the kernel writes LZ4's *legacy* frame format
+(``lz4 -l``): the magic 0x184C2102, then blocks each prefixed by a 32-bit compressed size and
+decompressing to at most 8 MiB, all blocks but the last exactly 8 MiB. LZO is recognised and
+refused (no maintained LZO package; decompress it with the kernel's scripts/extract-vmlinux).
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pvpatch.errors import InputError
+
+SETUP_SECTS, BOOT_FLAG, HEADER, VERSION = 0x1F1, 0x1FE, 0x202, 0x206
+PAYLOAD_OFFSET, PAYLOAD_LENGTH = 0x248, 0x24C
+MIN_HEADER = 0x250  # through payload_length
+HDRS = b"HdrS"
+
+LZ4_LEGACY_MAGIC = 0x184C2102
+LZ4_LEGACY_BLOCK = 8 << 20
+MAX_KERNEL = 1 << 31  # refuse to inflate past 2 GiB: no vmlinux.bin is that large
+CHUNK = 1 << 20
+
+# payload magic → method; checked in this order at the payload's first byte
+MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bzip2"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"\x89LZO\x00\r\n\x1a\n", "lzo"),
+    (struct.pack("<I", LZ4_LEGACY_MAGIC), "lz4"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\x7fELF", "none"),
+)
+METHODS = ("gzip", "xz", "bzip2", "lzma", "lz4", "zstd")
+
+Progress = Callable[[float], None]  # fraction of the payload consumed, 0.0–1.0
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """Where the compressed kernel sits in a bzImage and how it is compressed."""
+
+    path: str
+    size: int  # of the file
+    protocol: tuple[int, int]
+    setup_sects: int
+    payload_offset: int  # file offset of the compressed payload
+    payload_length: int
+    method: str
+    size_hint: int | None  # the uncompressed size appended to the payload
+
+    @property
+    def protocol_text(self) -> str:
+        return f"{self.protocol[0]}.{self.protocol[1]:02d}"
+
+    def describe(self) -> str:
+        return (f"bzImage (boot protocol {self.protocol_text}), {self.method} payload of "
+                f"{_mib(self.payload_length)}")
+
+    def to_json(self) -> dict[str, object]:
+        return {"format": "bzImage", "boot_protocol": self.protocol_text,
+                "compression": self.method, "payload_offset": self.payload_offset,
+                "payload_length": self.payload_length}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def is_bzimage(head: bytes) -> bool:
+    """True when ``head`` (the file's first 0x210+ bytes) carries the boot protocol header."""
+    return len(head) >= HEADER + 4 and head[HEADER:HEADER + 4] == HDRS
+
+
+def parse_header(data: bytes | memoryview, path: str) -> BootImage:
+    """Read the boot header and find the payload; InputError if it is not a usable bzImage."""
+    size = len(data)
+    if size < HEADER + 6 or bytes(data[HEADER:HEADER + 4]) != HDRS:
+        raise InputError("not an x86 bzImage (no HdrS boot header at 0x202)", path)
+    version = struct.unpack_from("<H", data, VERSION)[0]
+    protocol = (version >> 8, version & 0xFF)
+    setup_sects = data[SETUP_SECTS] or 4
+    pm_start = (setup_sects + 1) * 512
+    if pm_start >= size:
+        raise InputError(f"truncated bzImage: the setup code claims {setup_sects} sectors "
+                         f"(to {pm_start:#x}), the file is {size} bytes", path)
+    if version >= 0x0208:
+        if size < MIN_HEADER:
+            raise InputError(f"truncated bzImage: {size} bytes, the boot header alone needs "
+                             f"{MIN_HEADER:#x}", path)
+        off, length = struct.unpack_from("<II", data, PAYLOAD_OFFSET)
+        start = pm_start + off
+        if length == 0 or start + length > size:
+            raise InputError(f"truncated bzImage: the payload ({length} bytes at {start:#x}) "
+                             f"ends past the end of the file ({size} bytes)", path)
+    else:  # 2.00–2.07: no payload fields; the compressed kernel follows the decompressor
+        found = bytes(data[pm_start:]).find(b"\x1f\x8b\x08\x00")
+        if found < 0:
+            raise InputError(f"boot protocol {protocol[0]}.{protocol[1]:02d} has no payload "
+                             "fields and no gzip payload was found", path)
+        start, length = pm_start + found, size - pm_start - found
+    head = bytes(data[start:start + 16])
+    method = next((m for magic, m in MAGICS if head.startswith(magic)), None)
+    if method is None:
+        raise InputError(f"unknown compression: the payload at {start:#x} starts with "
+                         f"{head[:8].hex(' ')} (not gzip, xz, bzip2, lzma, lzo, lz4, zstd)", path)
+    hint = struct.unpack_from("<I", data, start + length - 4)[0] if length >= 8 else None
+    return BootImage(path, size, protocol, setup_sects, start, length, method, hint)
+
+
+def decompress(data: bytes | memoryview, boot: BootImage,
+               progress: Progress | None = None) -> bytearray:
+    """The payload of ``boot`` uncompressed: vmlinux.bin (and whatever the build appended)."""
+    payload = memoryview(data)[boot.payload_offset:boot.payload_offset + boot.payload_length]
+    if boot.method == "lzo":
+        raise InputError("LZO-compressed kernel (CONFIG_KERNEL_LZO): not supported; "
+                         "decompress it with the kernel's scripts/extract-vmlinux", boot.path)
+    hint = boot.size_hint if boot.size_hint and boot.size_hint < MAX_KERNEL else None
+    out = _Output(hint, boot)
+    try:
+        if boot.method == "none":
+            out.write(payload)
+        elif boot.method == "lz4":
+            _lz4_legacy(payload, out, boot, progress)
+        else:
+            _stream(payload, _decompressor(boot.method), out, boot, progress)
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
+        raise InputError(f"the {boot.method} payload does not decompress ({e}): "
+                         "truncated or corrupt", boot.path) from None
+    except Exception as e:  # zstandard.ZstdError, lz4's LZ4BlockError: not importable here
+        if type(e).__module__.split(".")[0] not in ("zstandard", "lz4", "_lz4"):
+            raise
+        raise InputError(f"the {boot.method} payload does not decompress ({e}): "
+                         "truncated or corrupt", boot.path) from None
+    result = out.result()
+    if hint is not None and len(result) != hint and boot.method != "none":
+        raise InputError(f"the {boot.method} payload decompressed to {len(result)} bytes, "
+                         f"its trailer says {hint}: truncated or corrupt", boot.path)
+    return result
+
+
+class _Output:
+    """The uncompressed bytes, in one buffer sized from the appended length when known."""
+
+    def __init__(self, hint: int | None, boot: BootImage) -> None:
+        self.buf = bytearray(hint) if hint else bytearray()
+        self.pos = 0
+        self.boot = boot
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        n = len(chunk)
+        if self.pos + n > MAX_KERNEL:
+            raise InputError(f"the {self.boot.method} payload inflates past "
+                             f"{MAX_KERNEL >> 20} MiB: not a kernel", self.boot.path)
+        end = self.pos + n
+        if end <= len(self.buf):
+            self.buf[self.pos:end] = chunk
+        else:
+            del self.buf[self.pos:]
+            self.buf += chunk
+        self.pos = end
+
+    def result(self) -> bytearray:
+        del self.buf[self.pos:]
+        return self.buf
+
+
+def _decompressor(method: str) -> object:
+    if method == "gzip":
+        return zlib.decompressobj(wbits=31)
+    if method == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    if method == "lzma":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+    if method == "bzip2":
+        return bz2.BZ2Decompressor()
+    if method == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise InputError("zstd-compressed kernel, and the zstandard package is not "
+                             "installed (pip install zstandard)") from None
+        return zstandard.ZstdDecompressor().decompressobj()
+    raise AssertionError(method)
+
+
+def _stream(payload: memoryview, dec: object, out: _Output, boot: BootImage,
+            progress: Progress | None) -> None:
+    """Feed the payload in chunks; stop at the end of the compressed stream."""
+    total = len(payload)
+    pos = 0
+    while pos < total and not _at_eof(dec):
+        chunk = payload[pos:pos + CHUNK]
+        pos += len(chunk)
+        out.write(dec.decompress(chunk))  # type: ignore[attr-defined]
+        if progress:
+            progress(pos / total)
+    if not _at_eof(dec):
+        raise InputError(f"truncated bzImage: the {boot.method} stream ends early "
+                         f"({out.pos} bytes decompressed)", boot.path)
+
+
+def _at_eof(dec: object) -> bool:
+    return bool(getattr(dec, "eof", False))
+
+
+def _lz4_legacy(payload: memoryview, out: _Output, boot: BootImage,
+                progress: Progress | None) -> None:
+    try:
+        import lz4.block
+    except ImportError:
+        raise InputError("LZ4-compressed kernel, and the lz4 package is not installed "
+                         "(pip install lz4)", boot.path) from None
+    end = len(payload) - 4  # the appended uncompressed size
+    pos = 0
+    blocks = 0
+    while pos + 4 <= end:
+        n = struct.unpack_from("<I", payload, pos)[0]
+        pos += 4
+        if n == LZ4_LEGACY_MAGIC:  # a new legacy frame (concatenated streams)
+            continue
+        if n > LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK // 255 + 16 or pos + n > len(payload):
+            raise InputError(f"truncated bzImage: LZ4 block {blocks} claims {n} bytes at "
+                             f"payload offset {pos - 4:#x}, {len(payload) - pos} remain",
+                             boot.path)
+        out.write(lz4.block.decompress(payload[pos:pos + n],
+                                       uncompressed_size=LZ4_LEGACY_BLOCK))
+        pos += n
+        blocks += 1
+        if progress:
+            progress(pos / len(payload))
+    if blocks == 0:
+        raise InputError("truncated bzImage: the LZ4 stream holds no block", boot.path)

@@ -1,0 +1,373 @@
+"""Recover the symbols of a stripped kernel from its own kallsyms tables.
+
+scripts/kallsyms writes, into ``.rodata``, every symbol's address and its name compressed with
+a 256-entry token table. A vmlinux taken out of a bzImage has no ``.symtab`` (and so no
+``kallsyms_*`` symbols pointing at the tables), so the tables are found by their structure:
+
+1. **token table and index**: 256 NUL-terminated strings followed (aligned) by 256 u16
+   offsets into them, the first 0, each the previous plus that token's length + 1. Single
+   characters that occur in symbol names keep their own byte value as token, so the digits
+   sit at indexes 0x30–0x39: the string ``"0\\0" … "9\\0"`` is searched for, and the index
+   found after it must describe exactly the strings around it.
+2. **names and markers**: ``kallsyms_names`` holds per symbol a length (one byte; from 6.1
+   one or two, ULEB128, for lengths ≥ 0x80) and that many token numbers, the first token's
+   first character being the type letter (``T``, ``t``, ``D``…). ``kallsyms_markers`` gives the
+   names offset of every 256th symbol; ``kallsyms_num_syms`` is the word just before the
+   names. The markers end right before the token table, or, where ``kallsyms_seqs_of_names``
+   (3 bytes per symbol) sits between them, 3 × num_syms bytes earlier; a candidate is
+   accepted only if walking num_syms names from its start reproduces every marker.
+3. **addresses**: ``kallsyms_offsets`` + ``kallsyms_relative_base`` (KALLSYMS_BASE_RELATIVE,
+   4.6+; with KALLSYMS_ABSOLUTE_PERCPU a non-negative offset is an absolute per-cpu address,
+   a negative one counts down from relative_base - 1), or ``kallsyms_addresses`` (absolute
+   pointers, before 4.6 and where base-relative is off). They sit before num_syms, or after
+   the token index; the candidate whose addresses come out sorted (scripts/kallsyms sorts by
+   address) wins.
+
+Supported table orders (``Kallsyms.layout``):
+
+=================  =========================================================================
+``legacy``         addresses|offsets(+relative_base), num_syms, names, markers, token_table,
+                   token_index — 2.6.10 – 6.1 (one-byte name lengths before 6.1)
+``seqs``           as legacy with kallsyms_seqs_of_names between markers and token_table —
+                   6.2 – 6.3 upstream, and 6.1.y stable kernels (Debian 12's 6.1)
+``names-first``    num_syms, names, markers, token_table, token_index, offsets,
+                   relative_base, seqs_of_names — 6.4 and later (Debian's 6.12)
+=================  =========================================================================
+
+Before 6.1 markers of 64-bit kernels may be 8 bytes wide; both widths are tried. Big-endian
+and 2.6.9-and-older (stem compression) tables are not supported.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from pvpatch.image.elf import ElfImage, Section
+
+DIGITS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
+MAX_TOKEN_TABLE = 16384
+MAX_RECORD = 0x3FFF + 2
+TYPICAL_RECORD = 256  # bytes a name record takes at most, in practice, while searching
+
+
+@dataclass(frozen=True)
+class Kallsyms:
+    """The located tables (addresses are virtual) and the recovered symbols."""
+
+    layout: str
+    num_syms: int
+    names: int
+    markers: int
+    marker_width: int
+    token_table: int
+    token_index: int
+    addresses: int  # kallsyms_offsets or kallsyms_addresses
+    relative_base: int | None  # None: absolute addresses
+    absolute_percpu: bool
+    symbols: list[tuple[str, int, str]]  # (name, address, type letter), in table order
+
+    def describe(self) -> str:
+        how = "absolute addresses" if self.relative_base is None else (
+            "base-relative offsets" + (", absolute per-cpu" if self.absolute_percpu else ""))
+        return (f"{self.num_syms} symbols, {self.layout} layout, {how}, names at "
+                f"{self.names:#x}")
+
+
+class _Region:
+    """A section's bytes with little-endian readers by section offset."""
+
+    def __init__(self, image: ElfImage, sec: Section) -> None:
+        self.data = bytes(image.section_data(sec))
+        self.addr = sec.addr
+        self.size = len(self.data)
+        self.ptr = image.ptr_size
+        self.align = 8 if image.bits == 64 else 4
+
+    def u16(self, off: int) -> int:
+        return struct.unpack_from("<H", self.data, off)[0]
+
+    def u32(self, off: int) -> int:
+        return struct.unpack_from("<I", self.data, off)[0]
+
+    def word(self, off: int, width: int) -> int:
+        return int.from_bytes(self.data[off:off + width], "little")
+
+    def up(self, off: int) -> int:
+        """``off`` rounded up to the table alignment (ALGN: 8 on 64-bit, 4 on 32-bit)."""
+        a = self.align
+        return off + (-(self.addr + off) % a)
+
+
+def find_kallsyms(image: ElfImage) -> Kallsyms | None:
+    """The kallsyms tables of ``image``, or None when no consistent set is found."""
+    secs = [s for s in image.sections if s.name == ".rodata" and s.has_file_data]
+    secs += [s for s in image.sections if s not in secs and s.is_alloc and s.has_file_data
+             and not s.is_exec and s.size > 4096]
+    for sec in secs:
+        region = _Region(image, sec)
+        for table, index, tokens in _token_tables(region):
+            found = _names(region, table, index, tokens)
+            if found is not None:
+                return found
+    return None
+
+
+# -- 1. token table --------------------------------------------------------------------------
+
+def _token_tables(r: _Region) -> list[tuple[int, int, list[bytes]]]:
+    out = []
+    pos = r.data.find(DIGITS)
+    while pos >= 0:
+        hit = _token_index_after(r, pos)
+        if hit is not None:
+            out.append(hit)
+        pos = r.data.find(DIGITS, pos + 1)
+    return out
+
+
+def _token_index_after(r: _Region, digits: int) -> tuple[int, int, list[bytes]] | None:
+    """The (table, index, tokens) whose token 0x30 is the "0" at ``digits``."""
+    data = r.data
+    stop = min(r.size - 512, digits + MAX_TOKEN_TABLE)
+    q = digits + len(DIGITS)
+    q += q & 1
+    while q <= stop:
+        if data[q] | data[q + 1] or not 1 < r.u16(q + 2) < 256:
+            q += 2
+            continue
+        idx = struct.unpack_from("<256H", data, q)
+        table = digits - idx[0x30]
+        if table >= 0 and _valid_index(data, table, idx, q):
+            tokens = data[table:table + idx[255]].split(b"\0")[:255]
+            last = data[table + idx[255]:data.index(b"\0", table + idx[255])]
+            return table, q, [*tokens, last]
+        q += 2
+    return None
+
+
+def _valid_index(data: bytes, table: int, idx: Sequence[int], q: int) -> bool:
+    if idx[0] != 0 or any(b <= a for a, b in pairwise(idx)):
+        return False
+    if any(data[table + i - 1] != 0 or data[table + i] == 0 for i in idx[1:]):
+        return False
+    end = data.find(b"\0", table + idx[255])
+    return 0 <= end < q and q - (end + 1) < 16 and data[table] != 0
+
+
+# -- 2. names, markers, num_syms ---------------------------------------------------------------
+
+def _names(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
+    widths = (4,) if r.ptr == 4 else (4, 8)
+    for width in widths:  # markers right before the token table
+        markers = _markers_ending_at(r, table, width)
+        if markers is not None:
+            found = _with_markers(r, markers[0], markers[1], width, table, index, tokens)
+            if found is not None:
+                return found
+    return _with_seqs(r, table, index, tokens)
+
+
+def _markers_ending_at(r: _Region, end: int, width: int) -> tuple[int, list[int]] | None:
+    """The strictly increasing words from a 0 up to ``end`` (past alignment padding)."""
+    pos = end
+    while pos - width >= 0 and end - pos < r.align and r.word(pos - width, width) == 0 \
+            and pos - 2 * width >= 0 and r.word(pos - 2 * width, width) != 0:
+        pos -= width
+    values: list[int] = []
+    while pos - width >= 0:
+        v = r.word(pos - width, width)
+        if values and v >= values[-1]:
+            return None
+        values.append(v)
+        pos -= width
+        if v == 0:
+            return pos, values[::-1]
+    return None
+
+
+def _with_markers(r: _Region, start: int, markers: list[int], width: int, table: int,
+                  index: int, tokens: list[bytes]) -> Kallsyms | None:
+    """Find num_syms and the names that end at the markers at ``start``.
+
+    The names start ``markers[-1]`` bytes before the last 256-symbol block, which holds 1–256
+    records of at least 2 bytes; num_syms is the aligned word before the names.
+    """
+    count = len(markers)
+    lo_n, hi_n = 256 * (count - 1) + 1, 256 * count
+    s = start - markers[-1] - 2
+    s -= (r.addr + s) % r.align
+    floor = max(r.align, start - markers[-1] - TYPICAL_RECORD * 256)
+    while s >= floor:
+        n = r.u32(s - r.align)
+        if lo_n <= n <= hi_n:
+            found = _try_names(r, "legacy", n, s, start, markers, width, table, index, tokens)
+            if found is not None:
+                return found
+        s -= r.align
+    return None
+
+
+def _try_names(r: _Region, layout: str, n: int, s: int, start: int, markers: list[int],
+               width: int, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
+    walk = _walk(r.data, s, n, start)
+    if walk is None or walk[1] != markers or not start - r.align < walk[0] <= start:
+        return None
+    return _finish(r, layout, n, s - r.align, s, walk[0], start, width, table, index, tokens,
+                   walk[2])
+
+
+def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list[int]] | None:
+    """Walk ``n`` name records from ``s``: (end, markers, record starts), None if they overrun."""
+    pos, markers, starts = s, [], []
+    for i in range(n):
+        if pos >= limit:
+            return None
+        if not i & 0xFF:
+            markers.append(pos - s)
+        starts.append(pos)
+        length = data[pos]
+        if length & 0x80:
+            length = (length & 0x7F) | (data[pos + 1] << 7)
+            pos += 2 + length
+        else:
+            pos += 1 + length
+        if length == 0:
+            return None
+    return pos, markers, starts
+
+
+def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
+    """Markers, then kallsyms_seqs_of_names (3 bytes per symbol), then the token table.
+
+    Walks the aligned words down from the token table; where one is 0 it may be markers[0]:
+    then the markers count ``c`` and num_syms ``n`` must satisfy the sizes of both arrays
+    (4c bytes of markers, 3n of seqs, each padded to the alignment), which leaves at most a
+    few candidates to check.
+    """
+    a = r.align
+    first = (-r.addr) % a  # the first aligned offset
+    top = table - (table - first) % 4
+    words = memoryview(r.data)[first:top].cast("I")
+    step = a // 4
+    for i in range(len(words) - step, -1, -step):
+        if words[i]:
+            continue
+        start = first + 4 * i
+        approx = (table - start) // (3 * 256 + 4)
+        for count in range(max(1, approx - 1), approx + 3):
+            seqs = r.up(start + 4 * count)
+            hi = (table - seqs) // 3  # table - a < seqs + 3n <= table
+            for n in range(max(256 * (count - 1) + 1, (table - seqs - a) // 3 + 1),
+                           min(256 * count, hi) + 1):
+                seqs_n = table - 3 * n
+                if seqs_n - (r.addr + seqs_n) % a != seqs:
+                    continue
+                if count > 1 and not 0 < words[i + 1] <= MAX_RECORD * 256:
+                    continue
+                markers = words[i:i + count].tolist()
+                if any(y <= x for x, y in pairwise(markers)):
+                    continue
+                found = _names_of_count(r, start, markers, n, table, index, tokens)
+                if found is not None:
+                    return found
+    return None
+
+
+def _names_of_count(r: _Region, start: int, markers: list[int], n: int, table: int,
+                    index: int, tokens: list[bytes]) -> Kallsyms | None:
+    """Like :func:`_with_markers` when num_syms is known: search for its word."""
+    needle = struct.pack("<I", n) + (b"\0" * (r.align - 4))
+    hi = start - markers[-1]
+    lo = max(0, hi - TYPICAL_RECORD * 256)
+    pos = r.data.rfind(needle, lo, hi)
+    while pos >= 0:
+        if (r.addr + pos) % r.align == 0:
+            found = _try_names(r, "seqs", n, pos + r.align, start, markers, 4, table, index,
+                               tokens)
+            if found is not None:
+                return found
+        pos = r.data.rfind(needle, lo, pos)
+    return None
+
+
+# -- 3. addresses and names ----------------------------------------------------------------
+
+def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, names_end: int,
+            markers: int, width: int, table: int, index: int, tokens: list[bytes],
+            starts: list[int]) -> Kallsyms | None:
+    found = _addresses(r, n, n_at, index)
+    if found is None:
+        return None
+    where, base, percpu, addrs, after = found
+    if after and layout == "legacy":
+        layout = "names-first"
+    names_list = _decode(r.data, names, names_end, starts, tokens)
+    if names_list is None:
+        return None
+    syms = [(name[1:], addr, name[:1]) for name, addr in zip(names_list, addrs, strict=True)]
+    return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + table,
+                    r.addr + index, r.addr + where, base, percpu, syms)
+
+
+def _addresses(r: _Region, n: int, n_at: int,
+               index: int) -> tuple[int, int | None, bool, list[int], bool] | None:
+    """(where, relative_base, absolute_percpu, addresses, after the token index)."""
+    a, ptr = r.align, r.ptr
+    cands: list[tuple[int, int | None, bool]] = []
+    # before num_syms: offsets, relative_base | addresses
+    rb_at = n_at - ptr
+    off_at = rb_at - 4 * n
+    off_at -= (r.addr + off_at) % a
+    cands.append((off_at, rb_at, False))
+    cands.append((n_at - ptr * n, None, False))
+    # after the token index: offsets, relative_base | addresses
+    off_at = r.up(index + 512)
+    cands.append((off_at, r.up(off_at + 4 * n), True))
+    cands.append((r.up(index + 512), None, True))
+    for where, rb_at_, after in cands:
+        if where < 0:
+            continue
+        if rb_at_ is None:
+            if where + ptr * n > r.size:
+                continue
+            addrs = list(struct.unpack_from(f"<{n}{'Q' if ptr == 8 else 'I'}", r.data, where))
+            if _sorted(addrs) and addrs[-1]:
+                return where, None, False, addrs, after
+            continue
+        if rb_at_ + ptr > r.size or where + 4 * n > r.size:
+            continue
+        base = r.word(rb_at_, ptr)
+        raw = struct.unpack_from(f"<{n}i", r.data, where)
+        mask = (1 << (8 * ptr)) - 1
+        relative = [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
+        if _sorted(relative):
+            return where, base, False, relative, after
+        percpu = [o if o >= 0 else (base - 1 - o) & mask for o in raw]
+        if _sorted(percpu):
+            return where, base, True, percpu, after
+    return None
+
+
+def _sorted(values: list[int]) -> bool:
+    return all(x <= y for x, y in pairwise(values))
+
+
+def _decode(data: bytes, names: int, end: int, starts: list[int],
+            tokens: list[bytes]) -> list[str] | None:
+    """Expand every name at once: each byte becomes its token (in C), length bytes a newline."""
+    blob = data[names:end]
+    parts = list(map(tokens.__getitem__, blob))
+    for s in starts:
+        i = s - names
+        if blob[i] & 0x80:
+            parts[i], parts[i + 1] = b"\n", b""
+        else:
+            parts[i] = b"\n"
+    if b"\n" in b"".join(tokens):
+        return None
+    text = b"".join(parts)
+    out = text.decode("latin-1").split("\n")[1:]
+    return out if len(out) == len(starts) and all(out) else None
