@@ -63,6 +63,9 @@ def pairs(vmlinux: str, scratch: str) -> list[Pair]:
              Case("pvpatch apply --backend xen", [pv, "apply", vmlinux, "-o", out_apply,
                                                   "--backend", "xen"]),
              Case("cp", ["cp", vmlinux, out_cp]), 1.5, 200),
+        Pair("check vs inspect",
+             Case("pvpatch check (native,xen)", [pv, "check", vmlinux]),
+             Case("pvpatch inspect", [pv, "inspect", vmlinux]), 2.0, 200),
     ]
 
 

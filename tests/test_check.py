@@ -13,10 +13,9 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
-from conftest import CACHE, assemble, real_kernel
+from conftest import assemble, real_kernel
 
 from pvpatch.checks.model import BY_ID, CHECKS, ERROR, WARNING
 from pvpatch.checks.runner import parse_backends, run_checks
@@ -292,24 +291,10 @@ XEN_NULL_OPS = {"mmu.set_pgd", "mmu.alloc_p4d", "mmu.release_p4d",
                 "mmu.notify_page_enc_status_changed"}
 
 
-def debian_kernel(flavour: str) -> Path:
-    """The cached Debian 6.1 debug vmlinux of exactly this flavour.
-
-    Globbed here rather than with conftest.real_kernel, which takes the last match of
-    ``vmlinux-*-<flavour>``: "amd64" also matches the cloud image, and a newer series sorts
-    after 6.1.
-    """
-    found = sorted(p for p in (CACHE / "kernels").glob(f"vmlinux-6.1.*-{flavour}")
-                   if ("-cloud-" in p.name) == flavour.startswith("cloud-"))
-    if not found:
-        real_kernel(f"6.1-{flavour}-not-cached")  # skips loudly with the fetch hint
-    return found[-1]
-
-
 @pytest.mark.realkernel
 @pytest.mark.parametrize("flavour", ["cloud-amd64", "amd64"])
 def test_debian_61_checks_clean_with_only_explained_warnings(flavour, tmp_path):
-    path = str(debian_kernel(flavour))
+    path = str(real_kernel(flavour, "6.1"))
     out = tmp_path / "r.json"
     r = run(path, "--format", "json", "-o", str(out))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -22,19 +22,23 @@ def check_sites(ctx: Context) -> list[Finding]:
 
 
 def _record(ctx: Context, s: Site) -> list[Finding]:
-    where = (s.address, ctx.label(s), s.op)
+    """The record's problems; the site is named only when it has one (naming costs a
+    symbol lookup, thousands of which a clean kernel need not pay)."""
     if not 0 < s.length <= MAX_SITE_LEN:
-        return [finding("site.length", None, *where,
-                        f"record length {s.length} is outside 1..{MAX_SITE_LEN}")]
-    out = [finding(cid, None, *where, msg)
-           for cid, msg in (_bytes(ctx, s), _slot(ctx, s)) if cid]
-    mask_bits = ctx.model.clobber_bits
-    if s.clobbers is not None and s.clobbers & ~mask_bits.any:
-        extra = s.clobbers & ~mask_bits.any
-        out.append(finding("site.clobber-mask", None, *where,
-                           f"clobber mask {s.clobbers:#x} has bits {extra:#x} that no "
-                           f"register is assigned to ({mask_bits.versions} numbering)"))
-    return out
+        found = [("site.length", f"record length {s.length} is outside 1..{MAX_SITE_LEN}")]
+    else:
+        found = [hit for hit in (_bytes(ctx, s), _slot(ctx, s), _mask(ctx, s)) if hit[0]]
+    return [finding(cid, None, s.address, ctx.label(s), s.op, msg) for cid, msg in found]
+
+
+def _mask(ctx: Context, s: Site) -> tuple[str | None, str]:
+    """Clobber-mask bits beyond the era's registers mean a corrupt or foreign record."""
+    bits = ctx.model.clobber_bits
+    if s.clobbers is None or not s.clobbers & ~bits.any:
+        return None, ""
+    return "site.clobber-mask", (f"clobber mask {s.clobbers:#x} has bits "
+                                 f"{s.clobbers & ~bits.any:#x} that no register is assigned "
+                                 f"to ({bits.versions} numbering)")
 
 
 def _bytes(ctx: Context, s: Site) -> tuple[str | None, str]:
