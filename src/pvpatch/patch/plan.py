@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from pvpatch.backends import Backend
 from pvpatch.disasm import first_length
@@ -218,8 +219,11 @@ def _recompute_jump(repl: bytes, entry: AltEntry, nops: NopTable) -> bytes:
     return bytes([JMP32]) + ((disp - 5) & 0xFFFFFFFF).to_bytes(4, "little")
 
 
+@lru_cache(maxsize=4096)
 def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
-    """optimize_nops(): runs of two or more 0x90 become table NOPs (5.13–6.4 semantics)."""
+    """optimize_nops(): runs of two or more 0x90 become table NOPs (5.13–6.4 semantics).
+
+    Cached: a kernel has thousands of entries but a handful of distinct byte strings."""
     out = bytearray(code)
     i = 0
     while i < len(out):
