@@ -175,6 +175,10 @@ def _apply_entry(model: KernelModel, backend: Backend, e: AltEntry, instrlen: in
         sp.problems.append(f"alternative #{e.index} is {instrlen} bytes, the site "
                            f"{sp.site.length}: not modelled")
         return
+    if e.replacementlen > instrlen:
+        sp.problems.append(f"alternative #{e.index}'s {e.replacementlen}-byte replacement is "
+                           f"longer than the {instrlen}-byte site: not modelled")
+        return
     present = backend.has_feature(e.feature)
     if present is None:
         sp.problems.append(f"alternative #{e.index} tests CPU feature {e.feature // 32}*32+"

@@ -179,6 +179,11 @@ def _apply_one(model: KernelModel, backend: Backend, entry: AltEntry, sp: SitePa
         sp.problems.append(f"alternative #{entry.index} covers {entry.instr:#x}+{entry.instrlen}, "
                            f"not exactly the site: left as the pv patch made it")
         return
+    if entry.replacementlen > entry.instrlen:
+        sp.problems.append(f"alternative #{entry.index}'s {entry.replacementlen}-byte "
+                           f"replacement is longer than the {entry.instrlen}-byte original: "
+                           "the kernel would write past the site; not modelled")
+        return
     present = backend.has_feature(entry.feature)
     if present is None:
         sp.problems.append(f"alternative #{entry.index} tests CPU feature {entry.feature // 32}*32"
