@@ -69,6 +69,47 @@ def pairs(vmlinux: str, scratch: str) -> list[Pair]:
     ]
 
 
+CACHE = Path(os.environ.get("PVPATCH_CACHE", Path.home() / ".cache" / "pvpatch"))
+
+
+def extract_vmlinux(scratch: str) -> str | None:
+    """The kernel's own scripts/extract-vmlinux, from the cached Debian source tarball."""
+    src = CACHE / "src"
+    for tree in sorted(src.glob("linux-source-*")):
+        script = tree / "scripts" / "extract-vmlinux"
+        if script.is_file():
+            return str(script)
+    for tar in sorted(src.glob("usr/src/linux-source-*.tar.xz")):
+        member = f"{tar.name[:-len('.tar.xz')]}/scripts/extract-vmlinux"
+        done = subprocess.run(["tar", "-xJf", str(tar), "-C", scratch, member],
+                              capture_output=True)
+        if done.returncode == 0:
+            return os.path.join(scratch, member)
+    return None
+
+
+def vmlinuz_pair(vmlinux: str, scratch: str) -> Pair | None:
+    """pvpatch inspect on the bzImage vs extract-vmlinux + readelf, when both are at hand."""
+    folder, name = os.path.split(vmlinux)
+    vmlinuz = os.path.join(folder, "vmlinuz" + name[len("vmlinux"):])
+    if not name.startswith("vmlinux") or not os.path.isfile(vmlinuz):
+        print(f"bench: skipping the vmlinuz pair: no {vmlinuz} "
+              "(scripts/fetch-kernel.sh FLAVOUR --with-vmlinuz)")
+        return None
+    script = extract_vmlinux(scratch)
+    if script is None:
+        print(f"bench: skipping the vmlinuz pair: no scripts/extract-vmlinux under {CACHE}/src "
+              "(the Debian linux-source package)")
+        return None
+    out = os.path.join(scratch, "extracted")
+    shell = 'sh "$0" "$1" > "$2" && readelf -sW -n "$2"'
+    return Pair("vmlinuz inspect vs extract-vmlinux+readelf",
+                Case("pvpatch inspect --json VMLINUZ",
+                     [str(VENV_BIN / "pvpatch"), "inspect", "--json", vmlinuz]),
+                Case("extract-vmlinux | readelf -sW -n", ["sh", "-c", shell, script, vmlinuz,
+                                                          out]), 2.0, 400)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("vmlinux")
@@ -81,7 +122,9 @@ def main() -> int:
     scratch = tempfile.mkdtemp(prefix="pvpatch-bench-",
                                dir=os.path.dirname(os.path.abspath(args.vmlinux)))
     try:
-        return measure(args, pairs(args.vmlinux, scratch))
+        todo = pairs(args.vmlinux, scratch)
+        extra = vmlinuz_pair(args.vmlinux, scratch)
+        return measure(args, todo + ([extra] if extra else []))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -23,6 +23,7 @@ COMMANDS = {  # name → module; imported only when that command runs, to keep s
     "apply": "pvpatch.cli.apply_cmd",
     "diff": "pvpatch.cli.diff_cmd",
     "check": "pvpatch.cli.check_cmd",
+    "extract": "pvpatch.cli.extract_cmd",
 }
 
 

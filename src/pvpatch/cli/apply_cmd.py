@@ -9,18 +9,15 @@ import sys
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
+from pvpatch.cli.common import image_options, progress, say_progress
 from pvpatch.errors import UsageError
+from pvpatch.image.bzimage import BootImage
+from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
 from pvpatch.patch.nops import default_nops
 from pvpatch.patch.plan import plan
 from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import plan_dict, render_sites, render_summary
-
-
-def progress(message: str) -> None:
-    """Say what a long step is doing, only when a person is watching stderr."""
-    if sys.stderr.isatty():
-        click.echo(f"pvpatch: {message}", err=True)
 
 
 @click.command()
@@ -39,9 +36,10 @@ def progress(message: str) -> None:
 @click.option("--check", is_flag=True,
               help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
                    "violation, replacement too long).")
+@image_options()
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
-          check: bool) -> None:
+          check: bool, system_map: str | None, btf: str | None) -> None:
     """Rewrite the paravirt call sites of VMLINUX exactly as the kernel does at boot.
 
     Each indirect `call *pv_ops+N(%rip)` becomes what the running kernel holds after
@@ -50,11 +48,16 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
     verified and renamed into place, and the input is never modified (unless --in-place).
 
     \b
+    VMLINUX may be a bzImage (/boot/vmlinuz-*): the output is then the patched vmlinux ELF
+    inside it (repacking a bzImage is not supported), and --in-place is refused.
+
+    \b
     Examples:
       pvpatch apply vmlinux -o vmlinux.native
       pvpatch apply vmlinux -o vmlinux.xen --backend xen --vcpus 1
       pvpatch apply vmlinux --backend xen --dry-run --sites --op 'lock.*'
       pvpatch apply vmlinux --dry-run --json | jq '.counts'
+      pvpatch apply /boot/vmlinuz-$(uname -r) -o vmlinux.xen --backend xen
     """
     if not dry_run and not output and not in_place:
         raise UsageError("say where to write: -o OUT, --in-place, or --dry-run")
@@ -62,8 +65,12 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         raise UsageError("--in-place and -o exclude each other")
     target = vmlinux if in_place else output
     with contextlib.ExitStack() as stack:
-        out = None if dry_run else stack.enter_context(PatchedCopy(vmlinux, target, in_place))
-        model = stack.enter_context(KernelModel.open(vmlinux))
+        model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map, btf=btf,
+                                                     progress=say_progress()))
+        boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
+        data = None if boot is None else model.image.data  # the vmlinux inside the bzImage
+        out = None if dry_run else stack.enter_context(
+            PatchedCopy(vmlinux, target, in_place, data=data))
         progress("resolving the backend and planning")
         be = load_backend(model, backend, vcpus)
         v = model.version
@@ -76,7 +83,9 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         if as_json or report_path:
             report = plan_dict(p, bits, {"input": vmlinux,
                                          "output": None if dry_run else target,
-                                         "relocations": "kept as built (docs/apply.md)"})
+                                         "relocations": "kept as built (docs/apply.md)",
+                                         "input_format": describe_input(model.image),
+                                         "output_format": "ELF vmlinux"})
         if out is not None:
             progress(f"writing {target}")
             out.commit(pokes)
@@ -86,9 +95,13 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
     if as_json:
         click.echo(json.dumps(report))
     else:
-        head = [f"{vmlinux}" + ("" if dry_run else f" → {target}"),
-                f"  sites     {len(p.patches)}, {len(changes)} changed"
-                + (" (dry run: nothing written)" if dry_run else "")]
+        head = [f"{vmlinux}" + ("" if dry_run else f" → {target}")]
+        if boot is not None:
+            head.append(f"  input     {boot.describe()}"
+                        + ("" if dry_run else "; written: the patched vmlinux ELF, "
+                                              "not a bzImage"))
+        head.append(f"  sites     {len(p.patches)}, {len(changes)} changed"
+                    + (" (dry run: nothing written)" if dry_run else ""))
         click.echo(render_summary(p, head))
         if list_sites:
             click.echo("")

@@ -7,8 +7,9 @@ from collections import Counter
 
 import click
 
+from pvpatch.cli.common import image_options, say_progress
 from pvpatch.errors import InputError
-from pvpatch.image.elf import ElfImage
+from pvpatch.image.loader import open_image
 from pvpatch.kernel.model import KernelModel
 from pvpatch.patch.observe import observe
 from pvpatch.patch.plan import OUTCOMES
@@ -20,19 +21,24 @@ from pvpatch.render.apply import patch_dict, per_op, render_ops, render_sites
 @click.argument("patched", type=click.Path(dir_okay=False))
 @click.option("--sites", "list_sites", is_flag=True, help="List every site: before → after.")
 @click.option("--changed", is_flag=True, help="With --sites, only the sites that differ.")
+@image_options()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/apply.md).")
-def diff(original: str, patched: str, list_sites: bool, changed: bool, as_json: bool) -> None:
+def diff(original: str, patched: str, list_sites: bool, changed: bool, system_map: str | None,
+         btf: str | None, as_json: bool) -> None:
     """Show what PATCHED holds at every paravirt site of ORIGINAL, classified.
 
     ORIGINAL is the unpatched vmlinux (its .parainstructions name the sites); PATCHED is any
     image of the same kernel: a `pvpatch apply` output, or one patched by another tool.
+    Either may be a bzImage (/boot/vmlinuz-*); --system-map and --btf are for ORIGINAL.
 
     \b
     Examples:
       pvpatch diff vmlinux vmlinux.xen
       pvpatch diff vmlinux vmlinux.xen --sites --changed | less
     """
-    with KernelModel.open(original) as model, ElfImage(patched) as other:
+    say = say_progress()
+    with KernelModel.open(original, system_map=system_map, btf=btf, progress=say) as model, \
+            open_image(patched, progress=say) as other:
         if other.machine != model.image.machine:
             raise InputError(f"is {other.machine}, the original is {model.image.machine}",
                              patched)

@@ -8,9 +8,12 @@ import json
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
+from pvpatch.cli.common import image_options, say_progress
+from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
+from pvpatch.types.loader import describe_types
 
 
 @click.command()
@@ -28,10 +31,15 @@ from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
               help="Also resolve every op for a backend and say why it gets that target.")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
               help="Xen: vCPUs the guest boots with.")
+@image_options()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/inspect.md).")
 def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tuple[str, ...],
-            layout: str | None, backend: str | None, vcpus: int, as_json: bool) -> None:
+            layout: str | None, backend: str | None, vcpus: int, system_map: str | None,
+            btf: str | None, as_json: bool) -> None:
     """Show the paravirt call sites of VMLINUX and where each pv op points natively.
+
+    VMLINUX may also be a bzImage (/boot/vmlinuz-*): its compressed vmlinux is read, with
+    symbols from its kallsyms tables (or --system-map) and types from its .BTF (or --btf).
 
     The summary gives the kernel version, the .parainstructions record layout and how it was
     detected, the number of sites per section, and one row per op: how many sites call it and
@@ -45,14 +53,21 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
       pvpatch inspect vmlinux --backend xen --vcpus 1     every op's Xen target and why
       pvpatch inspect vmlinux --json | jq '.ops[] | select(.native_target == "NULL")'
       pvpatch inspect vmlinux --json --sites | jq '.sites[] | select(.op == "cpu.cpuid")'
+      pvpatch inspect /boot/vmlinuz-$(uname -r) --btf /sys/kernel/btf/vmlinux
     """
-    with KernelModel.open(vmlinux, layout) as model:
+    with KernelModel.open(vmlinux, layout, system_map=system_map, btf=btf,
+                          progress=say_progress()) as model:
         sites = select(model.sites.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
-            click.echo(json.dumps(inspect_dict(model, sites, be, with_sites=list_sites)))
+            doc = inspect_dict(model, sites, be, with_sites=list_sites)
+            doc["input"] = describe_input(model.image)
+            doc["input"]["types"] = describe_types(model.types, btf)
+            click.echo(json.dumps(doc))
             return
-        click.echo(render_summary(model, sites, be))
+        head, _, rest = render_summary(model, sites, be).partition("\n")
+        click.echo("\n".join([head, f"  input     {input_line(model.image)}",
+                              f"  types     {describe_types(model.types, btf)}", rest]))
         if list_sites:
             click.echo("")
             click.echo(render_sites(model, sites))

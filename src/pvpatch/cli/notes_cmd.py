@@ -6,7 +6,8 @@ import json
 
 import click
 
-from pvpatch.image.elf import ElfImage
+from pvpatch.cli.common import image_options, say_progress
+from pvpatch.image.loader import describe_input, open_image
 from pvpatch.kernel.xen_checks import run_checks
 from pvpatch.kernel.xen_notes import read_xen_notes
 from pvpatch.render.notes import render_checks, render_notes, to_json
@@ -19,9 +20,13 @@ EXIT_OK, EXIT_CHECK_FAILED = 0, 1
 @click.option("--check", is_flag=True,
               help="Also run Xen's loader checks and give a verdict per guest kind; exit 1 "
                    "if the image would load as no kind of guest.")
+@image_options(types=False)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/notes.md).")
-def notes(vmlinux: str, check: bool, as_json: bool) -> None:
+def notes(vmlinux: str, check: bool, system_map: str | None, as_json: bool) -> None:
     """Decode the Xen ELF notes of VMLINUX as Xen's loader (libelf) reads them.
+
+    VMLINUX may also be a bzImage (/boot/vmlinuz-*): the notes are those of the vmlinux
+    inside it, which is what Xen loads (addresses are named from its kallsyms tables).
 
     Notes are searched where Xen searches: PT_NOTE segments, then SHT_NOTE sections if the
     segments hold no Xen note, then the legacy __xen_guest string. Each note is shown with its
@@ -45,11 +50,13 @@ def notes(vmlinux: str, check: bool, as_json: bool) -> None:
       pvpatch notes vmlinux --json | jq '.notes[] | select(.name == "XEN_ELFNOTE_FEATURES")'
       pvpatch notes vmlinux --check --json | jq '.verdicts[] | {label, loads, failed}'
     """
-    with ElfImage(vmlinux) as image:
+    with open_image(vmlinux, system_map=system_map, progress=say_progress()) as image:
         xen = read_xen_notes(image)
         report = run_checks(xen) if check else None
         if as_json:
-            click.echo(json.dumps(to_json(image, xen, report), indent=1))
+            doc = to_json(image, xen, report)
+            doc["input"] = describe_input(image)
+            click.echo(json.dumps(doc, indent=1))
         else:
             click.echo(render_notes(image, xen))
             if report is not None:

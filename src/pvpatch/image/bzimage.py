@@ -84,7 +84,7 @@ class BootImage:
 
     def describe(self) -> str:
         return (f"bzImage (boot protocol {self.protocol_text}), {self.method} payload of "
-                f"{_mib(self.payload_length)}")
+                f"{mib(self.payload_length)}")
 
     def to_json(self) -> dict[str, object]:
         return {"format": "bzImage", "boot_protocol": self.protocol_text,
@@ -92,8 +92,8 @@ class BootImage:
                 "payload_length": self.payload_length}
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.0f} KiB"
 
 
 def is_bzimage(head: bytes) -> bool:
@@ -133,12 +133,13 @@ def parse_header(data: bytes | memoryview, path: str) -> BootImage:
     if method is None:
         raise InputError(f"unknown compression: the payload at {start:#x} starts with "
                          f"{head[:8].hex(' ')} (not gzip, xz, bzip2, lzma, lzo, lz4, zstd)", path)
-    hint = struct.unpack_from("<I", data, start + length - 4)[0] if length >= 8 else None
+    hint = struct.unpack_from("<I", data, start + length - 4)[0] \
+        if length >= 8 and version >= 0x0208 else None  # before 2.08 the end is unknown
     return BootImage(path, size, protocol, setup_sects, start, length, method, hint)
 
 
 def decompress(data: bytes | memoryview, boot: BootImage,
-               progress: Progress | None = None) -> bytearray:
+               progress: Progress | None = None) -> bytes:
     """The payload of ``boot`` uncompressed: vmlinux.bin (and whatever the build appended)."""
     payload = memoryview(data)[boot.payload_offset:boot.payload_offset + boot.payload_length]
     if boot.method == "lzo":
@@ -164,6 +165,8 @@ def decompress(data: bytes | memoryview, boot: BootImage,
         raise InputError(f"the {boot.method} payload does not decompress ({e}): "
                          "truncated or corrupt", boot.path) from None
     result = out.result()
+    if progress:
+        progress(1.0)
     if hint is not None and len(result) != hint and boot.method != "none":
         raise InputError(f"the {boot.method} payload decompressed to {len(result)} bytes, "
                          f"its trailer says {hint}: truncated or corrupt", boot.path)
@@ -171,29 +174,24 @@ def decompress(data: bytes | memoryview, boot: BootImage,
 
 
 class _Output:
-    """The uncompressed bytes, in one buffer sized from the appended length when known."""
+    """The uncompressed chunks, joined once at the end (cheaper than growing one buffer)."""
 
     def __init__(self, hint: int | None, boot: BootImage) -> None:
-        self.buf = bytearray(hint) if hint else bytearray()
+        self.chunks: list[bytes] = []
         self.pos = 0
         self.boot = boot
 
     def write(self, chunk: bytes | memoryview) -> None:
-        n = len(chunk)
-        if self.pos + n > MAX_KERNEL:
+        self.pos += len(chunk)
+        if self.pos > MAX_KERNEL:
             raise InputError(f"the {self.boot.method} payload inflates past "
                              f"{MAX_KERNEL >> 20} MiB: not a kernel", self.boot.path)
-        end = self.pos + n
-        if end <= len(self.buf):
-            self.buf[self.pos:end] = chunk
-        else:
-            del self.buf[self.pos:]
-            self.buf += chunk
-        self.pos = end
+        self.chunks.append(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
 
-    def result(self) -> bytearray:
-        del self.buf[self.pos:]
-        return self.buf
+    def result(self) -> bytes:
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks = []
+        return data
 
 
 def _decompressor(method: str) -> object:

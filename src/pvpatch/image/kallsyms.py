@@ -43,7 +43,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import accumulate, pairwise, repeat
+from operator import itemgetter
 
 from pvpatch.image.elf import ElfImage, Section
 
@@ -67,7 +68,20 @@ class Kallsyms:
     addresses: int  # kallsyms_offsets or kallsyms_addresses
     relative_base: int | None  # None: absolute addresses
     absolute_percpu: bool
-    symbols: list[tuple[str, int, str]]  # (name, address, type letter), in table order
+    # the symbols in table order (by address), as columns: strtab holds "\0Tname\0tname…"
+    strtab: bytes
+    name_offsets: list[int]  # of each name in strtab, past its type letter
+    addrs: list[int]
+    types: bytes  # nm type letters
+
+    @property
+    def symbols(self) -> list[tuple[str, int, str]]:
+        """(name, address, type letter) for every symbol (slow: for tests and tools)."""
+        out = []
+        for off, addr, kind in zip(self.name_offsets, self.addrs, self.types, strict=True):
+            end = self.strtab.index(b"\0", off)
+            out.append((self.strtab[off:end].decode("latin-1"), addr, chr(kind)))
+        return out
 
     def describe(self) -> str:
         how = "absolute addresses" if self.relative_base is None else (
@@ -151,7 +165,7 @@ def _token_index_after(r: _Region, digits: int) -> tuple[int, int, list[bytes]] 
 def _valid_index(data: bytes, table: int, idx: Sequence[int], q: int) -> bool:
     if idx[0] != 0 or any(b <= a for a, b in pairwise(idx)):
         return False
-    if any(data[table + i - 1] != 0 or data[table + i] == 0 for i in idx[1:]):
+    if any(data[table + i - 1] != 0 for i in idx[1:]):  # each token NUL-terminated
         return False
     end = data.find(b"\0", table + idx[255])
     return 0 <= end < q and q - (end + 1) < 16 and data[table] != 0
@@ -221,22 +235,26 @@ def _try_names(r: _Region, layout: str, n: int, s: int, start: int, markers: lis
 
 def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list[int]] | None:
     """Walk ``n`` name records from ``s``: (end, markers, record starts), None if they overrun."""
-    pos, markers, starts = s, [], []
-    for i in range(n):
-        if pos >= limit:
-            return None
-        if not i & 0xFF:
-            markers.append(pos - s)
-        starts.append(pos)
-        length = data[pos]
-        if length & 0x80:
-            length = (length & 0x7F) | (data[pos + 1] << 7)
-            pos += 2 + length
-        else:
+    if n <= 0:
+        return None
+    starts: list[int] = []
+    append = starts.append
+    pos = s
+    try:
+        for _ in range(n):
+            append(pos)
+            length = data[pos]
+            if length & 0x80:
+                length = (length & 0x7F) | (data[pos + 1] << 7)
+                pos += 1
+            if not length or pos >= limit:
+                return None
             pos += 1 + length
-        if length == 0:
-            return None
-    return pos, markers, starts
+    except IndexError:
+        return None
+    if pos > limit:
+        return None
+    return pos, [x - s for x in starts[::256]], starts
 
 
 def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
@@ -304,12 +322,14 @@ def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, names_end: i
     where, base, percpu, addrs, after = found
     if after and layout == "legacy":
         layout = "names-first"
-    names_list = _decode(r.data, names, names_end, starts, tokens)
-    if names_list is None:
+    decoded = _decode(r.data, names, names_end, starts, tokens)
+    if decoded is None:
         return None
-    syms = [(name[1:], addr, name[:1]) for name, addr in zip(names_list, addrs, strict=True)]
+    strtab, offsets = decoded
+    types = bytes(itemgetter(*(o - 1 for o in offsets))(strtab)) if n > 1 \
+        else strtab[offsets[0] - 1:offsets[0]]
     return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + table,
-                    r.addr + index, r.addr + where, base, percpu, syms)
+                    r.addr + index, r.addr + where, base, percpu, strtab, offsets, addrs, types)
 
 
 def _addresses(r: _Region, n: int, n_at: int,
@@ -342,32 +362,47 @@ def _addresses(r: _Region, n: int, n_at: int,
         base = r.word(rb_at_, ptr)
         raw = struct.unpack_from(f"<{n}i", r.data, where)
         mask = (1 << (8 * ptr)) - 1
-        relative = [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
-        if _sorted(relative):
-            return where, base, False, relative, after
-        percpu = [o if o >= 0 else (base - 1 - o) & mask for o in raw]
-        if _sorted(percpu):
-            return where, base, True, percpu, after
+        if min(raw) >= 0:  # all relative to the base
+            values = [(base + o) & mask for o in raw]
+            if _sorted(values):
+                return where, base, False, values, after
+        else:  # KALLSYMS_ABSOLUTE_PERCPU: negative ones count down from base - 1
+            values = [o if o >= 0 else (base - 1 - o) & mask for o in raw]
+            if _sorted(values):
+                return where, base, True, values, after
+            values = [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
+            if _sorted(values):  # relative offsets of 2 GiB and more
+                return where, base, False, values, after
     return None
 
 
 def _sorted(values: list[int]) -> bool:
-    return all(x <= y for x, y in pairwise(values))
+    return values == sorted(values)  # in C; timsort is linear on sorted input
 
 
 def _decode(data: bytes, names: int, end: int, starts: list[int],
-            tokens: list[bytes]) -> list[str] | None:
-    """Expand every name at once: each byte becomes its token (in C), length bytes a newline."""
+            tokens: list[bytes]) -> tuple[bytes, list[int]] | None:
+    """Expand every name at once: each byte becomes its token (in C), length bytes a NUL.
+
+    Returns the string table ``"\0Tname\0tname2\0…"`` and each name's offset in it, past
+    its type letter: the names are looked up as NUL-terminated tails, like ELF names.
+    """
+    if any(b"\0" in t for t in tokens):
+        return None
     blob = data[names:end]
     parts = list(map(tokens.__getitem__, blob))
-    for s in starts:
-        i = s - names
-        if blob[i] & 0x80:
-            parts[i], parts[i + 1] = b"\n", b""
-        else:
-            parts[i] = b"\n"
-    if b"\n" in b"".join(tokens):
+    at = [x - names for x in starts]
+    lengths = itemgetter(*at)(blob) if len(at) > 1 else (blob[at[0]],)
+    nul = repeat(b"\0", len(at))
+    list(map(parts.__setitem__, at, nul))  # each length byte becomes the separator (in C)
+    if max(lengths) & 0x80:  # "big" symbols (6.1+): their second length byte goes too
+        for i, length in zip(at, lengths, strict=True):
+            if length & 0x80:
+                parts[i + 1] = b""
+    parts.append(b"\0")
+    strtab = b"".join(parts)
+    lengths = list(map(len, strtab.split(b"\0")))[1:-1]  # type letter + name, per symbol
+    if len(lengths) != len(starts) or min(lengths) < 2:
         return None
-    text = b"".join(parts)
-    out = text.decode("latin-1").split("\n")[1:]
-    return out if len(out) == len(starts) and all(out) else None
+    offsets = list(accumulate((x + 1 for x in lengths), initial=2))[:-1]
+    return strtab, offsets

@@ -7,11 +7,10 @@ compressed vmlinux is inflated into memory and read as an ELF like any other (se
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from pvpatch.errors import InputError
-from pvpatch.image.bzimage import BootImage, decompress, is_bzimage, parse_header
+from pvpatch.image.bzimage import BootImage, decompress, is_bzimage, mib, parse_header
 from pvpatch.image.elf import ElfImage
 
 Say = Callable[[str], None]
@@ -74,9 +73,9 @@ def open_bzimage(path: str, progress: Say | None = None) -> ElfImage:
     return ElfImage.from_bytes(memoryview(elf)[:end], path, boot)
 
 
-def inflate(data: bytes, boot: BootImage, progress: Say | None = None) -> bytearray:
+def inflate(data: bytes, boot: BootImage, progress: Say | None = None) -> bytes:
     """Decompress the payload, telling ``progress`` how far it got every ~10%."""
-    size = f"{boot.payload_length / 2**20:.1f} MiB"
+    size = mib(boot.payload_length)
     if progress is None:
         return decompress(data, boot)
     progress(f"decompressing the {boot.method} payload ({size})")
@@ -111,11 +110,4 @@ def input_line(image: ElfImage) -> str:
         else "no symbols (no .symtab, no kallsyms found; try --system-map)"
     if boot is None:
         return where
-    return f"{boot.describe()} → ELF of {image.size / 2**20:.1f} MiB; {where}"
-
-
-def same_path(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+    return f"{boot.describe()} → ELF of {mib(image.size)}; {where}"

@@ -1,5 +1,10 @@
 """The ELF symbol table: name → symbols and address → ``function+0xoff``.
 
+Symbols come from the image's ``.symtab``; a stripped image (the vmlinux inside a bzImage)
+falls back to the kernel's own kallsyms tables, and ``--system-map`` replaces both. Those
+other sources are turned into ``.symtab``-shaped records (:meth:`SymbolTable.from_entries`),
+so every lookup below works the same on all three; ``source`` tells which one it was.
+
 Kernels carry 100k–300k symbols, and a full Python pass over them costs more than everything
 else pvpatch does. So records are unpacked in bulk with ``struct.iter_unpack``, a name lookup
 searches the raw string and symbol tables with ``bytes.find`` (C speed), and only code symbols
@@ -9,10 +14,12 @@ are sorted, once, for address lookups.
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import compress
+from itertools import accumulate, compress
 from typing import TYPE_CHECKING
 
 from pvpatch.image import layouts as L
@@ -20,6 +27,28 @@ from pvpatch.image import layouts as L
 if TYPE_CHECKING:
     from pvpatch.image.elf import ElfImage
 
+
+SHN_ABS = 0xFFF1
+STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
+SOURCES = (".symtab", "System.map", "kallsyms", "none")
+
+
+
+def _info_table(kind_of: dict[str, int]) -> bytes:
+    """nm type letter → st_info (bind from the case, ``w``/``v`` weak), for bytes.translate."""
+    out = bytearray(256)
+    for c in range(256):
+        letter = chr(c)
+        low = letter.lower()
+        bind = STB_WEAK if low in "wv" else STB_GLOBAL if letter.isupper() else STB_LOCAL
+        out[c] = bind << 4 | kind_of.get(low, kind_of["*"])
+    return bytes(out)
+
+
+_INFO_EXEC = _info_table({"t": L.STT_FUNC, "w": L.STT_FUNC, "a": L.STT_NOTYPE,
+                          "*": L.STT_OBJECT})
+_INFO_DATA = _info_table({"a": L.STT_NOTYPE, "*": L.STT_OBJECT})
+_INFO_ABS = _info_table({"*": L.STT_NOTYPE})
 
 # st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
 _CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
@@ -54,18 +83,99 @@ class SymbolTable:
         self.source = source
         self._exec = exec_sections
         self._lookups: dict[str, list[Symbol]] = {}
+        self.kallsyms: object | None = None  # the located tables when source is "kallsyms"
 
     @classmethod
     def from_image(cls, image: ElfImage) -> SymbolTable:
         symtab = next((s for s in image.sections if s.type == L.SHT_SYMTAB), None)
         exec_idx = frozenset(s.index for s in image.sections if s.is_exec and s.is_alloc)
         if symtab is None or not 0 < symtab.link < len(image.sections):
-            return cls(b"", image.bits, b"", "none", exec_idx)
+            return cls.from_kallsyms(image)
         layout = L.SYM[image.bits]
         if symtab.entsize and symtab.entsize != layout.size:
             raise image.error(f".symtab entry size is {symtab.entsize}, expected {layout.size}")
         strtab = bytes(image.section_data(image.sections[symtab.link]))
         return cls(bytes(image.section_data(symtab)), image.bits, strtab, ".symtab", exec_idx)
+
+    @classmethod
+    def from_kallsyms(cls, image: ElfImage) -> SymbolTable:
+        """The symbols of the kernel's own kallsyms tables; empty (source "none") if absent."""
+        from pvpatch.image.kallsyms import find_kallsyms
+
+        if image.progress is not None:
+            image.progress("no .symtab: recovering symbols from the kernel's kallsyms tables")
+        found = find_kallsyms(image)
+        if found is None:
+            exec_idx = frozenset(s.index for s in image.sections if s.is_exec and s.is_alloc)
+            return cls(b"", image.bits, b"", "none", exec_idx)
+        table = cls.from_columns(image, found.strtab, found.name_offsets, found.addrs,
+                                 found.types, "kallsyms")
+        table.kallsyms = found
+        return table
+
+    @classmethod
+    def from_entries(cls, image: ElfImage, entries: Iterable[tuple[str, int, str]],
+                     source: str) -> SymbolTable:
+        """A table from (name, address, nm type letter) triples (System.map)."""
+        rows = sorted(entries, key=lambda e: e[1])
+        names = [e[0].encode("latin-1") for e in rows]
+        strtab = b"\0" + b"\0".join(names) + b"\0"
+        offsets = list(accumulate((len(x) + 1 for x in names), initial=1))[:-1]
+        letters = "".join(e[2] for e in rows).encode("latin-1")
+        return cls.from_columns(image, strtab, offsets, [e[1] for e in rows], letters, source)
+
+    @classmethod
+    def from_columns(cls, image: ElfImage, strtab: bytes, name_offsets: Sequence[int],
+                     addrs: Sequence[int], letters: bytes, source: str) -> SymbolTable:
+        """A table from columns sorted by address: names (offsets into ``strtab``),
+        addresses and nm type letters.
+
+        Each symbol becomes an ELF symbol: ``t``/``T``/``w``/``W`` in an executable section a
+        function (``W`` weak, capitals global), ``a``/``A`` or outside every section
+        absolute, the rest objects. Sizes are not recorded by System.map or kallsyms, so each
+        symbol reaches the next higher address in its section (as kallsyms itself reports
+        sizes), or the section's end.
+        """
+        n = len(addrs)
+        shndx = array("H", [SHN_ABS]) * n
+        sizes = array("Q", bytes(8 * n))
+        info = bytearray(letters.translate(_INFO_DATA))  # absolute symbols: fixed below
+        abs_info = letters.translate(_INFO_ABS)
+        exec_idx = set()
+        for sec in sorted((s for s in image.sections if s.is_alloc and s.size),
+                          key=lambda s: (s.addr, not s.has_file_data)):
+            if sec.is_exec:
+                exec_idx.add(sec.index)
+            lo = bisect.bisect_left(addrs, sec.addr)
+            hi = bisect.bisect_left(addrs, sec.addr + sec.size)
+            if lo == hi or shndx[lo] != SHN_ABS:  # empty, or a section with data won
+                continue
+            shndx[lo:hi] = array("H", [sec.index]) * (hi - lo)
+            if sec.is_exec:
+                info[lo:hi] = letters[lo:hi].translate(_INFO_EXEC)
+            nxt = sec.addr + sec.size  # the next higher symbol address in this section
+            for i in range(hi - 1, lo - 1, -1):
+                a = addrs[i]
+                sizes[i] = nxt - a
+                if i > lo and addrs[i - 1] != a:
+                    nxt = a
+        for i in (i for i, x in enumerate(shndx) if x == SHN_ABS):
+            info[i] = abs_info[i]
+        raw = bytearray(n * L.SYM[image.bits].size)
+        mv = memoryview(raw)
+        if image.bits == 64:  # Elf64_Sym: name@0 info@4 other@5 shndx@6 value@8 size@16
+            mv.cast("I")[0::6] = array("I", name_offsets)
+            mv[4::24] = info
+            mv.cast("H")[3::12] = shndx
+            mv.cast("Q")[1::3] = array("Q", addrs)
+            mv.cast("Q")[2::3] = sizes
+        else:  # Elf32_Sym: name@0 value@4 size@8 info@12 other@13 shndx@14
+            mv.cast("I")[0::4] = array("I", name_offsets)
+            mv.cast("I")[1::4] = array("I", addrs)
+            mv.cast("I")[2::4] = array("I", sizes)
+            mv[12::16] = info
+            mv.cast("H")[7::8] = shndx
+        return cls(bytes(raw), image.bits, strtab, source, frozenset(exec_idx))
 
     def __len__(self) -> int:
         return len(self._raw) // self._entsize

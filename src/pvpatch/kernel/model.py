@@ -6,10 +6,12 @@ never assemble these pieces themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 from pvpatch.image.elf import ElfImage
+from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.pvops import PvOps
@@ -23,10 +25,15 @@ from pvpatch.types.model import TypeSource
 class KernelModel:
     image: ElfImage
     layout_name: str | None = None  # force a .parainstructions layout
+    btf_path: str | None = None  # raw BTF to use instead of the image's own types
 
     @classmethod
-    def open(cls, path: str, layout_name: str | None = None) -> KernelModel:
-        return cls(ElfImage(path), layout_name)
+    def open(cls, path: str, layout_name: str | None = None, *, system_map: str | None = None,
+             btf: str | None = None,
+             progress: Callable[[str], None] | None = None) -> KernelModel:
+        """The model of ``path``: a vmlinux or a vmlinuz (see :func:`open_image`)."""
+        return cls(open_image(path, system_map=system_map, progress=progress), layout_name,
+                   btf)
 
     def close(self) -> None:
         self.image.close()
@@ -43,7 +50,7 @@ class KernelModel:
 
     @cached_property
     def types(self) -> TypeSource | None:
-        return load_types(self.image)
+        return load_types(self.image, self.btf_path)
 
     @cached_property
     def pvops(self) -> PvOps:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import fcntl
+import io
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 
 from pvpatch.errors import InputError, UsageError
 from pvpatch.image.elf import ElfImage
+
+Buffer = bytes | bytearray | memoryview
 
 PAGE = 4096
 FICLONE = 0x40049409  # linux/fs.h: share the input's blocks where the filesystem can
@@ -51,10 +54,16 @@ class PatchedCopy:
     ``with`` block without :meth:`commit` — an error, Ctrl-C, SIGTERM — removes the file.
     """
 
-    def __init__(self, src: str, dst: str, in_place: bool = False) -> None:
+    def __init__(self, src: str, dst: str, in_place: bool = False, *,
+                 data: Buffer | None = None) -> None:
+        """``data``, when given, is what the copy holds instead of ``src``'s bytes (the
+        vmlinux decompressed out of the bzImage ``src``); ``src`` still names the input."""
+        if data is not None and in_place:
+            raise UsageError(f"{src} is a bzImage: --in-place would replace it with an ELF "
+                             "vmlinux; write the result elsewhere with -o")
         if not in_place and _same_file(src, dst):
             raise UsageError(f"output {dst} is the input; use --in-place to replace it")
-        self.src, self.dst = src, dst
+        self.src, self.dst, self.data = src, dst, data
         folder = os.path.dirname(os.path.abspath(dst)) or "."
         try:
             fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=folder)
@@ -67,7 +76,10 @@ class PatchedCopy:
 
     def _copy(self) -> None:
         try:
-            _copy(self.src, self.tmp)
+            if self.data is None:
+                _copy(self.src, self.tmp)
+            else:
+                _write(self.data, self.tmp)
             shutil.copymode(self.src, self.tmp)
         except BaseException as e:  # handed to the main thread by commit()
             self._error = e
@@ -93,14 +105,20 @@ class PatchedCopy:
                     f.write(p.data)
         except OSError as e:
             raise UsageError(f"cannot write {self.dst}: {e.strerror}") from None
-        verify(self.src, self.tmp, pokes)
+        verify(self.src if self.data is None else self.data, self.tmp, pokes)
         os.replace(self.tmp, self.dst)
 
 
-def write_patched(src: str, dst: str, pokes: Sequence[Poke], in_place: bool = False) -> None:
-    """Create ``dst`` as a copy of ``src`` with ``pokes`` applied, atomically."""
-    with PatchedCopy(src, dst, in_place) as out:
+def write_patched(src: str, dst: str, pokes: Sequence[Poke], in_place: bool = False, *,
+                  data: Buffer | None = None) -> None:
+    """Create ``dst`` as a copy of ``src`` (or of ``data``) with ``pokes`` applied, atomically."""
+    with PatchedCopy(src, dst, in_place, data=data) as out:
         out.commit(pokes)
+
+
+def _write(data: Buffer, dst: str) -> None:
+    with open(dst, "wb") as fo:
+        fo.write(data)
 
 
 def _copy(src: str, dst: str) -> None:
@@ -114,7 +132,7 @@ def _copy(src: str, dst: str) -> None:
     shutil.copyfile(src, dst)
 
 
-def verify(src: str, out: str, pokes: Sequence[Poke]) -> None:
+def verify(src: str | Buffer, out: str, pokes: Sequence[Poke]) -> None:
     """Re-open the result and check it against the input around every write.
 
     Every page that a site write touched is compared byte by byte with the input: each byte
@@ -123,8 +141,11 @@ def verify(src: str, out: str, pokes: Sequence[Poke]) -> None:
     must match.
     """
     spans = sorted((p.offset, p.offset + len(p.data)) for p in pokes)
-    with open(src, "rb") as a, open(out, "rb") as b:
-        size = os.fstat(a.fileno()).st_size
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(open(src, "rb")) if isinstance(src, str) \
+            else io.BytesIO(memoryview(src))
+        b = stack.enter_context(open(out, "rb"))
+        size = os.fstat(a.fileno()).st_size if isinstance(src, str) else len(memoryview(src))
         if size != os.fstat(b.fileno()).st_size:
             raise UsageError(f"verification failed: {out} has a different size")
         for p in pokes:

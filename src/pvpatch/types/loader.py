@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
 from pvpatch.types.btf import BtfTypes
 from pvpatch.types.model import TypeSource
@@ -24,11 +25,36 @@ KNOWN_CU_HINTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_types(image: ElfImage) -> TypeSource | None:
-    """BTF if the image has ``.BTF``, else DWARF if it has ``.debug_info``, else None."""
+def load_types(image: ElfImage, btf_path: str | None = None) -> TypeSource | None:
+    """BTF if the image has ``.BTF``, else DWARF if it has ``.debug_info``, else None.
+
+    ``btf_path`` (``--btf``: raw BTF such as /sys/kernel/btf/vmlinux) comes before both.
+    """
+    if btf_path is not None:
+        return load_btf_file(btf_path, image.ptr_size)
     btf = BtfTypes.from_image(image)
     if btf is not None:
         return btf
     from pvpatch.types.dwarf import DwarfTypes  # pyelftools is only imported when needed
 
     return DwarfTypes.from_image(image, cu_hints=KNOWN_CU_HINTS)
+
+
+def load_btf_file(path: str, ptr_size: int = 8) -> BtfTypes:
+    """Raw BTF from a file; InputError when it cannot be read or is not BTF."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"cannot open: {e.strerror}", path) from None
+    return BtfTypes(data, path, ptr_size=ptr_size)  # checks the header and type section
+
+
+def describe_types(types: TypeSource | None, btf_path: str | None) -> str:
+    """Where the struct layouts come from, or what to do when there are none."""
+    if types is None:
+        return ("no type information (no .BTF, no DWARF): pv ops are named by offset; pass "
+                "--btf FILE (e.g. /sys/kernel/btf/vmlinux of the same kernel)")
+    if btf_path is not None:
+        return f"BTF from {btf_path}"
+    return ".BTF of the image" if types.origin == "btf" else "DWARF of the image"

@@ -1,0 +1,39 @@
+"""What the commands that read an image share: progress messages and the input options."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def progress(message: str) -> None:
+    """Say what a long step is doing, only when a person is watching stderr."""
+    if sys.stderr.isatty():
+        click.echo(f"pvpatch: {message}", err=True)
+
+
+def say_progress() -> Callable[[str], None] | None:
+    """:func:`progress` when stderr is a terminal, else None (the library then stays quiet)."""
+    return progress if sys.stderr.isatty() else None
+
+
+def image_options(types: bool = True) -> Callable[[F], F]:
+    """``--system-map FILE`` and (where struct layouts matter) ``--btf FILE``."""
+
+    def decorate(f: F) -> F:
+        if types:
+            f = click.option(
+                "--btf", "btf", metavar="FILE", type=click.Path(dir_okay=False),
+                help="Raw BTF of the same kernel (e.g. /sys/kernel/btf/vmlinux) for struct "
+                     "layouts, instead of the image's .BTF or DWARF.")(f)
+        return click.option(
+            "--system-map", "system_map", metavar="FILE", type=click.Path(dir_okay=False),
+            help="Take symbols from this System.map instead of the image's .symtab or, for "
+                 "a stripped image or vmlinuz, its kallsyms tables.")(f)
+
+    return decorate
