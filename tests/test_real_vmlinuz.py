@@ -41,18 +41,8 @@ def without(doc: dict, *keys: str) -> dict:
     return {k: v for k, v in doc.items() if k not in keys}
 
 
-def sizes_matter(request, pair, backend: str) -> None:
-    """Known gap: kallsyms has no symbol sizes (each reaches the next symbol), and the Xen
-    backend tells a whole typeof(pv_ops) table from a member one by its exact size
-    (backends/xen.py _apply_copy). On 6.12 xen_mmu_ops is followed by unnamed data."""
-    if backend == "xen" and "6.12" in pair[0]:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="xen_mmu_ops size unknown "
-                                              "from kallsyms; xen.py compares sizes exactly"))
-
-
 @pytest.mark.parametrize("backend", ["native", "xen"])
 def test_inspect_matches_the_debug_vmlinux(request, pair, backend):
-    sizes_matter(request, pair, backend)
     vmlinux, vmlinuz, method, _layout = pair
     a = run_json("inspect", "--json", "--sites", "--backend", backend, vmlinux)
     b = run_json("inspect", "--json", "--sites", "--backend", backend, vmlinuz)
@@ -77,7 +67,6 @@ def test_notes_match(pair):
 
 @pytest.mark.parametrize("backend", ["native", "xen"])
 def test_apply_writes_the_same_site_bytes(request, pair, backend, tmp_path):
-    sizes_matter(request, pair, backend)
     vmlinux, vmlinuz, _method, _layout = pair
     a = run_json("apply", "--json", "--backend", backend, vmlinux, "-o", str(tmp_path / "a"))
     b = run_json("apply", "--json", "--backend", backend, vmlinuz, "-o", str(tmp_path / "b"))

@@ -36,14 +36,26 @@ def _apply_copy(model: KernelModel, slots: dict[int, Resolution], copy: MemberCo
     if table is None or member is None:
         raise InputError(f"cannot resolve the Xen backend: no {copy.table} symbol or no "
                          f"pv_ops.{copy.member} member", image.path)
-    whole = pvops.layout.size
-    base = table.value if table.size == whole else table.value - member.offset
+    base = table.value if _is_whole_table(model, table.size) else table.value - member.offset
     for i, res in slots.items():
         off = res.slot.offset
         if member.offset <= off < member.offset + member.size:
             value = int.from_bytes(image.read(base + off, image.ptr_size), "little")
             slots[i] = Resolution(res.slot, value, describe_target(image, value),
                                   f"{copy.table}.{copy.member} copied by {copy.by}")
+
+
+def _is_whole_table(model: KernelModel, size: int) -> bool:
+    """Is the Xen table a whole typeof(pv_ops) (5.19+) rather than one member struct?
+
+    With .symtab the symbol size says it exactly. Symbols recovered from kallsyms or a
+    System.map have no size (each reaches the next symbol), so there the version decides.
+    """
+    whole = model.pvops.layout.size
+    if model.image.symbols.source == ".symtab":
+        return size == whole
+    v = model.version
+    return size >= whole if v.major is None else (v.major, v.minor) >= (5, 19)
 
 
 def _apply_assigns(model: KernelModel, slots: dict[int, Resolution], rules: XenRules,

@@ -64,15 +64,11 @@ class PatchedCopy:
         if not in_place and _same_file(src, dst):
             raise UsageError(f"output {dst} is the input; use --in-place to replace it")
         self.src, self.dst, self.data = src, dst, data
-        folder = os.path.dirname(os.path.abspath(dst)) or "."
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=folder)
-        except OSError as e:
-            raise UsageError(f"cannot create a file in {folder}: {e.strerror}") from None
-        os.close(fd)
+        self.folder = os.path.dirname(os.path.abspath(dst)) or "."
+        self.tmp = ""
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._copy, daemon=True)
-        self._cleanup = _removed_on_failure(self.tmp)
+        self._cleanup = _removed_on_failure(self)
 
     def _copy(self) -> None:
         try:
@@ -85,12 +81,21 @@ class PatchedCopy:
             self._error = e
 
     def __enter__(self) -> PatchedCopy:
+        # The SIGTERM handler goes in first: a signal between creating the temporary file
+        # and installing it would otherwise leave the file behind.
         self._cleanup.__enter__()
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=self.folder)
+        except OSError as e:
+            self._cleanup.__exit__(None, None, None)
+            raise UsageError(f"cannot create a file in {self.folder}: {e.strerror}") from None
+        os.close(fd)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._thread.join()
+        if self._thread.is_alive() or self._thread.ident is not None:
+            self._thread.join()
         self._cleanup.__exit__(*exc)
 
     def commit(self, pokes: Sequence[Poke]) -> None:
@@ -205,8 +210,8 @@ def _same_file(a: str, b: str) -> bool:
 
 
 @contextlib.contextmanager
-def _removed_on_failure(tmp: str) -> Iterator[None]:
-    """Delete ``tmp`` on any exception, Ctrl-C or SIGTERM (turned into SystemExit)."""
+def _removed_on_failure(copy: PatchedCopy) -> Iterator[None]:
+    """Delete ``copy.tmp`` on any exception, Ctrl-C or SIGTERM (turned into SystemExit)."""
     old = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum: int, frame: object) -> None:
@@ -219,8 +224,9 @@ def _removed_on_failure(tmp: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if copy.tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(copy.tmp)
         raise
     finally:
         if old is not None:
