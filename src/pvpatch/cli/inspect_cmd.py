@@ -74,9 +74,9 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
 
 
 def select(sites: list[Site], ops: tuple[str, ...], functions: tuple[str, ...]) -> list[Site]:
-    def wanted(s: Site) -> bool:
-        func = s.function.split("+", 1)[0]
+    def wanted(s: Site) -> bool:  # s.function costs a symbol index: only ask when filtering
         return (not ops or any(fnmatch.fnmatchcase(s.op, g) for g in ops)) and \
-            (not functions or any(fnmatch.fnmatchcase(func, g) for g in functions))
+            (not functions or any(fnmatch.fnmatchcase(s.function.split("+", 1)[0], g)
+                                  for g in functions))
 
     return [s for s in sites if wanted(s)]

@@ -154,12 +154,26 @@ class PvOps:
 
     def initial_target(self, slot: Slot) -> tuple[int | None, str | None]:
         """The initial value of ``slot`` and its name (``NULL``, a symbol), computed once."""
+        if not self._targets:
+            self._name_initial_targets()
         if slot.index not in self._targets:
             from pvpatch.kernel.sites import describe_target
 
             value = self.initial_value(slot)
             self._targets[slot.index] = (value, describe_target(self.image, value))
         return self._targets[slot.index]
+
+    def _name_initial_targets(self) -> None:
+        """Name every slot's initial value in one pass over the symbol table."""
+        values = {i: self.initial_value(s) for i, s in self.slots.items()}
+        names = self.image.symbols.names_at({v for v in values.values() if v})
+        for i, v in values.items():
+            if v is None:
+                self._targets[i] = (None, None)
+            elif v == 0:
+                self._targets[i] = (0, "NULL")
+            elif v in names:
+                self._targets[i] = (v, names[v])
 
     def by_name(self, name: str) -> Slot | None:
         for s in self.slots.values():
