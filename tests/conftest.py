@@ -71,3 +71,13 @@ def real_kernel(flavour: str = "cloud-amd64", series: str = "6.1", kind: str = "
         pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {series} {flavour} {kind} in {kdir} "
                     "(run `make fetch` with access to Debian's package registry)")
     return found[-1]
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """The bad-input contract: exit status 2, one line on stderr naming the problem."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    for n in needles:
+        assert n in lines[0]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assemble
+from conftest import assemble, one_line_error
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,15 +50,6 @@ def test_json_document(fixture64):
     assert site["clobber_regs"][0] == "rax"
     ops = {o["op"]: o for o in d["ops"]}
     assert ops["pv_ops+0x28"]["native_target"] == "NULL"
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    for n in needles:
-        assert n in lines[0]
 
 
 def test_not_an_elf(tmp_path: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES, assemble, real_kernel
+from conftest import FIXTURES, assemble, one_line_error, real_kernel
 
 from pvpatch.cli import cli
 
@@ -140,15 +140,6 @@ def test_help_teaches():
     assert r.exit_code == 0
     assert "Examples:" in r.output and "pvpatch notes vmlinux --check" in r.output
     assert "1  with --check: it loads as no kind of guest" in r.output
-
-
-def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    for n in needles:
-        assert n in lines[0]
 
 
 def test_bad_input(tmp_path: Path):

@@ -23,6 +23,7 @@ from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.model import KernelModel
+from pvpatch.patch.entries import decide, feature_text
 from pvpatch.patch.nops import NopTable
 
 if TYPE_CHECKING:
@@ -175,16 +176,11 @@ def _apply_entry(model: KernelModel, backend: Backend, e: AltEntry, instrlen: in
         sp.problems.append(f"alternative #{e.index} is {instrlen} bytes, the site "
                            f"{sp.site.length}: not modelled")
         return
-    if e.replacementlen > instrlen:
-        sp.problems.append(f"alternative #{e.index}'s {e.replacementlen}-byte replacement is "
-                           f"longer than the {instrlen}-byte site: not modelled")
+    applies, blocker = decide(e, instrlen, backend)
+    if blocker:
+        sp.problems.append(blocker)
         return
-    present = backend.has_feature(e.feature)
-    if present is None:
-        sp.problems.append(f"alternative #{e.index} tests CPU feature {e.feature // 32}*32+"
-                           f"{e.feature % 32}, which depends on the CPU: not modelled")
-        return
-    if not e.applies(present):
+    if not applies:
         buf = bytearray(sp.after)
         optimize_nops(buf, bits, nops)
         sp.after = bytes(buf)
@@ -200,8 +196,7 @@ def _apply_entry(model: KernelModel, backend: Backend, e: AltEntry, instrlen: in
         _classify_call(sp, res.value, res.name, res.reason, bug_fn, nop_fn)
     else:
         sp.outcome, sp.target, sp.target_name = "inline-native", None, None
-        sp.reason = (f"alternative #{e.index} ({'NOT ' if e.inverted else ''}feature "
-                     f"{e.feature // 32}*32+{e.feature % 32}) replaced it")
+        sp.reason = f"alternative #{e.index} ({feature_text(e)}) replaced it"
     buf = buf[:used] + bytes([NOP1]) * (instrlen - used)
     apply_relocation(buf, e.instr, e.replacement, e.replacementlen, bits)
     optimize_nops(buf, bits, nops)

@@ -26,6 +26,7 @@ from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
+from pvpatch.patch.entries import decide, feature_text
 from pvpatch.patch.nops import NopTable
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
@@ -179,24 +180,17 @@ def _apply_one(model: KernelModel, backend: Backend, entry: AltEntry, sp: SitePa
         sp.problems.append(f"alternative #{entry.index} covers {entry.instr:#x}+{entry.instrlen}, "
                            f"not exactly the site: left as the pv patch made it")
         return
-    if entry.replacementlen > entry.instrlen:
-        sp.problems.append(f"alternative #{entry.index}'s {entry.replacementlen}-byte "
-                           f"replacement is longer than the {entry.instrlen}-byte original: "
-                           "the kernel would write past the site; not modelled")
-        return
-    present = backend.has_feature(entry.feature)
-    if present is None:
-        sp.problems.append(f"alternative #{entry.index} tests CPU feature {entry.feature // 32}*32"
-                           f"+{entry.feature % 32}, which depends on the CPU: not modelled")
+    applies, blocker = decide(entry, entry.instrlen, backend)
+    if blocker:
+        sp.problems.append(blocker)
         return
     buf = bytearray(sp.after)
-    if entry.applies(present):
+    if applies:
         repl = model.image.read(entry.replacement, entry.replacementlen)
         new = _replacement(repl, entry, nops)
         buf[:entry.instrlen] = new + b"\x90" * (entry.instrlen - len(new))
         sp.outcome, sp.target, sp.target_name = "inline-native", None, None
-        sp.reason = (f"alternative #{entry.index} ({'NOT ' if entry.inverted else ''}"
-                     f"feature {entry.feature // 32}*32+{entry.feature % 32}) replaced it")
+        sp.reason = f"alternative #{entry.index} ({feature_text(entry)}) replaced it"
         _reclassify_call(model, sp, bytes(buf))
     buf[:entry.instrlen] = optimize_nops(bytes(buf[:entry.instrlen]), model.image.bits, nops)
     sp.after = bytes(buf)
