@@ -229,4 +229,7 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("apply", "{in}", "--dry-run", "--json"),
     ("apply", "{in}", "--backend", "xen", "--vcpus", "1", "-o", "{out}"),
     ("diff", "{other}", "{in}"),
+    ("check", "{in}", "--format", "json"),
+    ("check", "{in}", "--baseline", "{other}", "--format", "junit", "-o", "{out}"),
+    ("extract", "{in}", "-o", "{out}"),
 )
