@@ -19,6 +19,14 @@ def disasm(code: bytes, address: int, bits: int) -> str:
     return text
 
 
+def after_text(p: SitePatch, bits: int) -> str:
+    """The patched site's disassembly, with the call target named as objdump does."""
+    text = disasm(p.after, p.site.address, bits)
+    if p.target is not None and p.target_name:
+        text = text.replace(f"{p.target:#x}", f"{p.target:#x} <{p.target_name}>", 1)
+    return text
+
+
 def patch_dict(p: SitePatch, bits: int) -> dict:
     s = p.site
     return {
@@ -27,7 +35,7 @@ def patch_dict(p: SitePatch, bits: int) -> dict:
         "target": p.target_name, "target_address": None if p.target is None else f"{p.target:#x}",
         "before": p.before.hex(), "after": p.after.hex(),
         "before_text": disasm(p.before, s.address, bits),
-        "after_text": disasm(p.after, s.address, bits),
+        "after_text": after_text(p, bits),
         "reason": p.reason,
         "alternatives": [a.index for a in p.alternatives],
         "clobber_mask": s.clobbers,
@@ -100,6 +108,6 @@ def render_sites(patches: list[SitePatch], bits: int) -> str:
     for p in patches:
         s = p.site
         rows.append((f"{s.address:#x}", s.function, s.op, p.outcome,
-                     disasm(p.before, s.address, bits), "→ " + disasm(p.after, s.address, bits)))
+                     disasm(p.before, s.address, bits), "→ " + after_text(p, bits)))
         rows.extend(("", "", "", "", "", f"! {m}") for m in p.problems)
     return table(("address", "function", "op", "outcome", "before", "after"), rows)
