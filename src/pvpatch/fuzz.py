@@ -79,6 +79,16 @@ def _value(rng: random.Random, old: int, limit: int) -> int:
     return rng.randrange(limit + 1)
 
 
+def _poke_int(buf: bytearray, rng: random.Random, at: int, width: int) -> str:
+    """Write a boundary-ish value into the little-endian integer at ``at``."""
+    if at + width > len(buf):
+        return "field out of range"
+    old = int.from_bytes(buf[at:at + width], "little")
+    new = _value(rng, old, (1 << (8 * width)) - 1)
+    buf[at:at + width] = new.to_bytes(width, "little")
+    return f"{old:#x}→{new:#x}"
+
+
 def _poke_field(buf: bytearray, rng: random.Random, at: int, layout: L.Layout, what: str) -> str:
     name = rng.choice(layout.fields)
     off = at + struct.calcsize("<" + layout.fmt.format[1:][:layout.fields.index(name)])
@@ -131,13 +141,8 @@ def _in_section(name: bytes, stride: int, fields: tuple[int, ...]) -> Mutator:
         rec = off + rng.randrange(size // stride) * stride
         field = rng.choice(fields)
         width = rng.choice((1, 2, 4))
-        at = rec + field
-        if at + width > len(buf):
-            return "record field out of range"
-        old = int.from_bytes(buf[at:at + width], "little")
-        new = _value(rng, old, (1 << (8 * width)) - 1)
-        buf[at:at + width] = new.to_bytes(width, "little")
-        return f"{name.decode()} record@{rec:#x}+{field}: {old:#x}→{new:#x}"
+        return f"{name.decode()} record@{rec:#x}+{field}: " + \
+            _poke_int(buf, rng, rec + field, width)
 
     return mutate
 
@@ -169,14 +174,7 @@ def btf(buf: bytearray, rng: random.Random) -> str:
         field = rng.choice((0, 2, 4, 8, 12, 16, 20))
     else:  # somewhere in the type records or strings
         field = 24 + rng.randrange(max(size - 24, 1)) // 4 * 4
-    at = off + field
-    width = 2 if field == 0 else 4
-    if at + width > len(buf):
-        return "btf field out of range"
-    old = int.from_bytes(buf[at:at + width], "little")
-    new = _value(rng, old, (1 << (8 * width)) - 1)
-    buf[at:at + width] = new.to_bytes(width, "little")
-    return f".BTF+{field:#x}: {old:#x}→{new:#x}"
+    return f".BTF+{field:#x}: " + _poke_int(buf, rng, off + field, 2 if field == 0 else 4)
 
 
 def flip_bytes(buf: bytearray, rng: random.Random) -> str:
