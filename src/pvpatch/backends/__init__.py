@@ -66,12 +66,10 @@ class Backend:
 
 def initial_resolutions(model: KernelModel, reason: str) -> dict[int, Resolution]:
     """Every slot as the image's pv_ops initialiser leaves it."""
-    from pvpatch.kernel.sites import describe_target
-
     out = {}
     for i, slot in model.pvops.slots.items():
-        value = model.pvops.initial_value(slot)
-        out[i] = Resolution(slot, value, describe_target(model.image, value), reason)
+        value, name = model.pvops.initial_target(slot)
+        out[i] = Resolution(slot, value, name, reason)
     return out
 
 

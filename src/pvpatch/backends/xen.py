@@ -6,7 +6,7 @@ from pvpatch.backends import Backend, Resolution, decide_pv_features, initial_re
 from pvpatch.backends.xen_rules import MemberCopy, XenRules, rules_for
 from pvpatch.errors import InputError
 from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.sites import describe_target
+from pvpatch.kernel.sites import describe_targets
 
 
 def resolve(model: KernelModel, vcpus: int) -> Backend:
@@ -37,12 +37,14 @@ def _apply_copy(model: KernelModel, slots: dict[int, Resolution], copy: MemberCo
         raise InputError(f"cannot resolve the Xen backend: no {copy.table} symbol or no "
                          f"pv_ops.{copy.member} member", image.path)
     base = table.value if _is_whole_table(model, table.size) else table.value - member.offset
-    for i, res in slots.items():
-        off = res.slot.offset
-        if member.offset <= off < member.offset + member.size:
-            value = int.from_bytes(image.read(base + off, image.ptr_size), "little")
-            slots[i] = Resolution(res.slot, value, describe_target(image, value),
-                                  f"{copy.table}.{copy.member} copied by {copy.by}")
+    copied = [(i, res) for i, res in slots.items()
+              if member.offset <= res.slot.offset < member.offset + member.size]
+    values = [int.from_bytes(image.read(base + res.slot.offset, image.ptr_size), "little")
+              for _i, res in copied]
+    for (i, res), value, name in zip(copied, values, describe_targets(image, values),
+                                     strict=True):
+        slots[i] = Resolution(res.slot, value, name,
+                              f"{copy.table}.{copy.member} copied by {copy.by}")
 
 
 def _is_whole_table(model: KernelModel, size: int) -> bool:

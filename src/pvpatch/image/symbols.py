@@ -83,6 +83,7 @@ class SymbolTable:
         self.source = source
         self._exec = exec_sections
         self._lookups: dict[str, list[Symbol]] = {}
+        self._at_cache: dict[int, Symbol | None] = {}
         self.kallsyms: object | None = None  # the located tables when source is "kallsyms"
 
     @classmethod
@@ -312,12 +313,33 @@ class SymbolTable:
         return sym.name if off == 0 else f"{sym.name}+{off:#x}"
 
     def at(self, addr: int) -> Symbol | None:
-        """The code symbol whose value is exactly ``addr``."""
-        addrs, idx = self._code_index
-        pos = bisect.bisect_left(addrs, addr)
-        if pos < len(addrs) and addrs[pos] == addr:
-            return self._symbol(idx[pos])
-        return None
+        """The code symbol whose value is exactly ``addr``.
+
+        Uses the sorted code index once something built it; before that, a scan of the
+        value column (C speed) per address is cheaper for the few dozen a plan asks about.
+        """
+        if "_code_index" in self.__dict__:
+            addrs, idx = self._code_index
+            pos = bisect.bisect_left(addrs, addr)
+            return self._symbol(idx[pos]) if pos < len(addrs) and addrs[pos] == addr else None
+        if addr not in self._at_cache:
+            self._at_cache[addr] = self._scan_code_at(addr)
+        return self._at_cache[addr]
+
+    def _scan_code_at(self, addr: int) -> Symbol | None:
+        c, best, pos = self._columns, None, 0
+        values = c["value"]
+        while True:
+            try:
+                pos = values.index(addr, pos)
+            except ValueError:
+                break
+            code_type = (c["info"][pos] & 0xF) in (L.STT_FUNC, L.STT_NOTYPE)
+            if code_type and c["name"][pos] and c["shndx"][pos] in self._exec and \
+                    (best is None or self._rank(pos) > self._rank(best)):
+                best = pos
+            pos += 1
+        return None if best is None else self._symbol(best)
 
     def names_at(self, addrs: set[int]) -> dict[int, str]:
         """Names of symbols defined exactly at each of ``addrs``, in one pass over the table.

@@ -278,6 +278,12 @@ def _check_clobber_bits(mask: int, bits: ClobberBits) -> list[str]:
         else []
 
 
+def describe_targets(image: ElfImage, values: list[int | None]) -> list[str | None]:
+    """``describe_target`` for many values, naming exact hits in one symbol-table pass."""
+    exact = image.symbols.names_at({v for v in values if v})
+    return [exact[v] if v in exact else describe_target(image, v) for v in values]
+
+
 def describe_target(image: ElfImage, value: int | None) -> str | None:
     """Name a slot value: ``NULL``, a symbol, or ``func+0xoff`` / hex when not at a symbol."""
     if value is None:
