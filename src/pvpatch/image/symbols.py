@@ -316,9 +316,9 @@ class SymbolTable:
         """The code symbol whose value is exactly ``addr``.
 
         Uses the sorted code index once something built it; before that, a scan of the
-        value column (C speed) per address is cheaper for the few dozen a plan asks about.
+        value column (C speed, ~2 ms) per address is cheaper for the first few asked about.
         """
-        if "_code_index" in self.__dict__:
+        if "_code_index" in self.__dict__ or len(self._at_cache) >= 8:  # many: sort once
             addrs, idx = self._code_index
             pos = bisect.bisect_left(addrs, addr)
             return self._symbol(idx[pos]) if pos < len(addrs) and addrs[pos] == addr else None
@@ -347,6 +347,13 @@ class SymbolTable:
         Cheaper than the sorted code index when only a few addresses need a name (the ~80
         pv_ops slot values of a summary): functions win over labels, globals over locals.
         """
+        if "_code_index" in self.__dict__:  # sorted already: bisect, scan only for the rest
+            hits = {a: sym.name for a in addrs if (sym := self.at(a)) is not None}
+            rest = addrs - hits.keys()
+            return hits | (self._scan_names(rest) if rest else {})
+        return self._scan_names(addrs)
+
+    def _scan_names(self, addrs: set[int]) -> dict[int, str]:
         c = self._columns
         best: dict[int, tuple[tuple[bool, bool, bool], int]] = {}
         for i in [i for i, v in enumerate(c["value"]) if v in addrs]:
