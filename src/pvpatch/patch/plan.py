@@ -23,6 +23,7 @@ from pvpatch.backends import Backend
 from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
+from pvpatch.kernel.clobbers import ClobberBits
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
@@ -222,7 +223,11 @@ def _recompute_jump(repl: bytes, entry: AltEntry, nops: NopTable) -> bytes:
 def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
     """optimize_nops(): runs of two or more 0x90 become table NOPs (5.13–6.4 semantics).
 
-    Cached: a kernel has thousands of entries but a handful of distinct byte strings."""
+    Cached: a kernel has thousands of entries but a handful of distinct byte strings. Only
+    a run of two 0x90 instructions changes anything, so bytes without ``90 90`` are final
+    (every Xen ``call; nop`` site)."""
+    if b"\x90\x90" not in code:
+        return code
     out = bytearray(code)
     i = 0
     while i < len(out):
@@ -251,7 +256,7 @@ def check_clobbers(model: KernelModel, patches: list[SitePatch]) -> None:
         mask = sp.site.clobbers
         if mask is None or sp.outcome == "unpatched":
             continue
-        allowed = {FAMILY.get(r, r) for r in bits.decode(mask)}
+        allowed = _allowed(bits, mask)
         if sp.outcome in ("direct-call", "bug-call") and sp.target is not None:
             if C_ABI[model.image.bits] <= allowed:  # any C function fits: nothing to prove
                 found = Clobbers(C_ABI[model.image.bits], "C ABI (the mask allows it all)")
@@ -266,6 +271,12 @@ def check_clobbers(model: KernelModel, patches: list[SitePatch]) -> None:
             sp.problems.append(f"clobbers {','.join(sp.violations)} outside the site's mask "
                                f"{mask:#x} ({','.join(bits.decode(mask)) or 'none'}); "
                                f"from {found.how}")
+
+
+@lru_cache(maxsize=64)
+def _allowed(bits: ClobberBits, mask: int) -> frozenset[str]:
+    """The 64-bit register families a clobber mask allows (a kernel has two or three masks)."""
+    return frozenset(FAMILY.get(r, r) for r in bits.decode(mask))
 
 
 def _reclassify_call(model: KernelModel, sp: SitePatch, code: bytes) -> None:
