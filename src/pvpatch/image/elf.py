@@ -282,12 +282,6 @@ class ElfImage:
                     return s.offset + (addr - s.addr)
         return None
 
-    def addr_of_offset(self, offset: int) -> int | None:
-        for p in self._load_segments:
-            if p.offset <= offset < p.offset + p.filesz:
-                return p.vaddr + (offset - p.offset)
-        return None
-
     def read(self, addr: int, length: int) -> bytes:
         """``length`` bytes at virtual address ``addr``; InputError if not backed by the file."""
         off = self.offset_of(addr, length)
@@ -298,9 +292,6 @@ class ElfImage:
     def try_read(self, addr: int, length: int) -> bytes | None:
         off = self.offset_of(addr, length)
         return None if off is None else bytes(self.data[off:off + length])
-
-    def read_ptr(self, addr: int) -> int:
-        return int.from_bytes(self.read(addr, self.ptr_size), "little")
 
     # -- symbols ---------------------------------------------------------------------------
 

@@ -50,6 +50,20 @@ class Slot:
     is_pointer: bool
 
 
+def _wrapper_paths(layout: StructLayout, prefix: str = "") -> set[str]:
+    """Member paths whose type is a one-pointer wrapper (CALLEE_SAVE_WRAPPERS)."""
+    out = set()
+    for f in layout.fields:
+        path = f"{prefix}.{f.name}" if prefix and f.name else (f.name or prefix)
+        if f.layout is None:
+            continue
+        if f.type_name in CALLEE_SAVE_WRAPPERS:
+            out.add(path)
+        else:
+            out |= _wrapper_paths(f.layout, path)
+    return out
+
+
 class PvOps:
     """The slots of one image's pv-op table and their initial (native) values."""
 
@@ -85,25 +99,17 @@ class PvOps:
         if self.layout is None:
             return self._untyped_slots()
         out: dict[int, Slot] = {}
+        wrappers = _wrapper_paths(self.layout)
         for path, offset, field in self.layout.leaves():
             if offset % self.ptr:
                 continue
-            name = path
             index = offset // self.ptr
             is_ptr = field.kind == "ptr" and field.size == self.ptr
+            parent = path.rpartition(".")[0]
+            name = parent if parent in wrappers else path  # irq.save_fl.func → irq.save_fl
             if index not in out:
                 out[index] = Slot(index, offset, name, self._storage(path, offset), is_ptr)
-        return self._fold_wrappers(out)
-
-    def _fold_wrappers(self, slots: dict[int, Slot]) -> dict[int, Slot]:
-        """``irq.save_fl.func`` → ``irq.save_fl``: the callee-save wrapper is one slot."""
-        wrapped = {p for p, _o, f in self.layout.leaves() if f.name == "func"} if self.layout \
-            else set()
-        folded = {}
-        for i, s in slots.items():
-            name = s.name[:-len(".func")] if s.name in wrapped else s.name
-            folded[i] = Slot(s.index, s.offset, name, s.address, s.is_pointer)
-        return folded
+        return out
 
     def _storage(self, path: str, offset: int) -> int | None:
         syms = self.image.symbols

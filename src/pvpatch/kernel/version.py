@@ -39,9 +39,6 @@ class KernelVersion:
             return "unknown"
         return f"{self.major}.{self.minor}"
 
-    def at_least(self, major: int, minor: int) -> bool:
-        return self.major is not None and (self.major, self.minor or 0) >= (major, minor)
-
 
 def detect_version(image: ElfImage) -> KernelVersion:
     banner_sym = image.symbols.get("linux_banner")

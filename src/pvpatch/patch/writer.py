@@ -114,13 +114,6 @@ class PatchedCopy:
         os.replace(self.tmp, self.dst)
 
 
-def write_patched(src: str, dst: str, pokes: Sequence[Poke], in_place: bool = False, *,
-                  data: Buffer | None = None) -> None:
-    """Create ``dst`` as a copy of ``src`` (or of ``data``) with ``pokes`` applied, atomically."""
-    with PatchedCopy(src, dst, in_place, data=data) as out:
-        out.commit(pokes)
-
-
 def _write(data: Buffer, dst: str) -> None:
     with open(dst, "wb") as fo:
         fo.write(data)
