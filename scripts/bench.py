@@ -40,6 +40,7 @@ class Pair:
 
 
 def run_once(case: Case) -> None:
+    os.sync()  # untimed: no command pays for writing back the previous one's output
     start = time.perf_counter()
     with open(os.devnull, "wb") as null:
         proc = subprocess.Popen(case.argv, stdout=null, stderr=subprocess.PIPE)
@@ -114,6 +115,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("vmlinux")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    ap.add_argument("--only", metavar="WORD",
+                    help="measure only the pairs whose title contains WORD (e.g. apply)")
     args = ap.parse_args()
     if shutil.which("readelf") is None:
         sys.exit("bench: readelf (binutils) is needed as the reference tool")
@@ -124,7 +128,8 @@ def main() -> int:
     try:
         todo = pairs(args.vmlinux, scratch)
         extra = vmlinuz_pair(args.vmlinux, scratch)
-        return measure(args, todo + ([extra] if extra else []))
+        todo += [extra] if extra else []
+        return measure(args, [p for p in todo if args.only is None or args.only in p.title])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -150,6 +155,9 @@ def measure(args: argparse.Namespace, todo: list[Pair]) -> int:
         print(f"{p.tool.name:<34}{tw:>9.3f}{tm:>9.1f}{ratio:>7.2f}x  "
               f"<= {p.target_ratio}x{limit}  {'ok' if ok else 'MISSED'}")
         print(f"{p.reference.name:<34}{rw:>9.3f}{rm:>9.1f}{'1.00x':>8}")
+        if args.verbose:
+            print("   runs:", " ".join(f"{w:.2f}" for w in p.tool.walls), "/",
+                  " ".join(f"{w:.2f}" for w in p.reference.walls))
     return 1 if failed else 0
 
 

@@ -122,3 +122,40 @@ def test_input_is_never_opened_for_writing(kernel, tmp_path):
     before = ro.read_bytes()
     assert run("apply", str(ro), "-o", str(tmp_path / "out")).returncode == 0
     assert ro.read_bytes() == before and oct(ro.stat().st_mode)[-3:] == "444"
+
+
+def test_copy_falls_back_to_sendfile(tmp_path, monkeypatch):
+    """Filesystems that refuse copy_file_range (EXDEV across mounts, old kernels) still copy."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(3 << 20))
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"")
+
+    def refused(*_a: object) -> int:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(os, "copy_file_range", refused)
+    writer._copy(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_preallocation_is_optional_but_reports_a_full_disk(tmp_path, monkeypatch):
+    """No fallocate (EOPNOTSUPP): the copy goes on; ENOSPC from it: the error surfaces."""
+    class FakeLibc:
+        def __init__(self, err: int) -> None:
+            self.err = err
+
+        def fallocate(self, *_a: object) -> int:
+            monkeypatch.setattr(writer.ctypes, "get_errno", lambda: self.err)
+            return -1
+
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(1 << 20))
+    dst = tmp_path / "dst"
+    dst.write_bytes(b"")
+    monkeypatch.setattr(writer, "_libc", lambda: FakeLibc(errno.EOPNOTSUPP))
+    writer._copy(str(src), str(dst))
+    assert dst.read_bytes() == src.read_bytes()
+    monkeypatch.setattr(writer, "_libc", lambda: FakeLibc(errno.ENOSPC))
+    with pytest.raises(OSError, match="No space left"):
+        writer._copy(str(src), str(dst))

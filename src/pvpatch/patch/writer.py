@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import ctypes
+import errno
 import fcntl
+import functools
 import io
 import os
 import shutil
@@ -115,19 +118,73 @@ class PatchedCopy:
 
 
 def _write(data: Buffer, dst: str) -> None:
-    with open(dst, "wb") as fo:
+    with open(dst, "r+b") as fo:
+        _preallocate(fo.fileno(), len(memoryview(data)))
         fo.write(data)
 
 
 def _copy(src: str, dst: str) -> None:
-    """Reflink when the filesystem shares blocks (instant), else an in-kernel copy."""
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
+    """Reflink when the filesystem shares blocks (instant), else an in-kernel copy into
+    space allocated up front."""
+    with open(src, "rb") as fi, open(dst, "r+b") as fo:
         try:
             fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
             return
         except OSError:
             pass
-    shutil.copyfile(src, dst)
+        size = os.fstat(fi.fileno()).st_size
+        _preallocate(fo.fileno(), size)
+        _copy_range(fi.fileno(), fo.fileno(), size)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Allocate the output's blocks in one call before writing it.
+
+    On ext4 a new file written page by page reserves delayed-allocation blocks per page and
+    has them all flushed when it is renamed over an existing output; measured on a 600 MB
+    kernel, that makes the copy 2-10x slower than overwriting a file in place (what ``cp``
+    does). Allocated extents avoid both. Where the filesystem cannot (EOPNOTSUPP) nothing
+    is done; ENOSPC is reported at once instead of half-way through the copy.
+    """
+    if size <= 0:
+        return
+    libc = _libc()
+    if libc is None:
+        return
+    if libc.fallocate(fd, 0, ctypes.c_int64(0), ctypes.c_int64(size)) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def _copy_range(fin: int, fout: int, size: int) -> None:
+    """Copy ``size`` bytes in the kernel: copy_file_range, else sendfile (other filesystems)."""
+    off = 0
+    try:
+        while off < size:
+            n = os.copy_file_range(fin, fout, size - off, off, off)
+            if n == 0:
+                break
+            off += n
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    os.lseek(fout, off, os.SEEK_SET)
+    while off < size:
+        n = os.sendfile(fout, fin, off, size - off)
+        if n == 0:
+            raise OSError(errno.EIO, "the input shrank while it was copied")
+        off += n
 
 
 def verify(src: str | Buffer, out: str, pokes: Sequence[Poke]) -> None:
