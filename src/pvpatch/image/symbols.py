@@ -52,6 +52,18 @@ _INFO_ABS = _info_table({"*": L.STT_NOTYPE})
 
 # st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
 _CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
+# st_info → rank bits of a code symbol at a shared address: function 4, non-local 2 (sized: 1)
+_RANK = bytes(((b & 0xF) == L.STT_FUNC) << 2 | (b >> 4 != 0) << 1 for b in range(256))
+
+
+def _and(*masks: bytes) -> bytes:
+    """Element-wise AND of equal-length 0/1 byte strings (as big integers: C speed)."""
+    out = int.from_bytes(masks[0], "little")
+    for m in masks[1:]:
+        out &= int.from_bytes(m, "little")
+    return out.to_bytes(len(masks[0]), "little")
+
+
 
 
 @dataclass(frozen=True)
@@ -270,26 +282,23 @@ class SymbolTable:
         """Sorted (addresses, record indexes) of the symbols that name code.
 
         Function and untyped symbols defined in executable sections; at one address a
-        function beats a label, a global beats a local, a sized symbol an unsized one.
+        function beats a label, a global beats a local, a sized symbol an unsized one. The
+        ~130k rows of a debug kernel are filtered and ranked with byte masks (loops in C):
+        a per-row Python loop here cost more than the rest of ``check``'s symbol work.
         """
         c = self._columns
-        values, shndx, exe = c["value"], c["shndx"], self._exec
-        # function and untyped symbols, selected in C: st_info's low nibble through a table
-        typed = bytes(c["info"]).translate(_CODE_TYPES)
-        picked = [i for i in compress(range(len(values)), typed)
-                  if shndx[i] in exe and c["name"][i]]
-        picked.sort(key=values.__getitem__)
-        cand = [(values[i], i) for i in picked]
-        addrs: list[int] = []
-        idx: list[int] = []
-        for value, i in cand:
-            if addrs and addrs[-1] == value:
-                if self._rank(i) > self._rank(idx[-1]):
-                    idx[-1] = i
-            else:
-                addrs.append(value)
-                idx.append(i)
-        return addrs, idx
+        values, info, size, shndx = c["value"], c["info"], c["size"], c["shndx"]
+        n, exe = len(values), self._exec
+        named_code = _and(bytes(info).translate(_CODE_TYPES), bytes(map(bool, c["name"])))
+        # sort key: address, then rank (best last), then lowest row last (the first defined)
+        ib = n.bit_length()
+        top = (1 << ib) - 1
+        keys = [values[i] << (ib + 3) | (_RANK[info[i]] | (size[i] != 0)) << ib | (top - i)
+                for i in compress(range(n), named_code) if shndx[i] in exe]
+        keys.sort()
+        best = dict(zip([k >> (ib + 3) for k in keys], [top - (k & top) for k in keys],
+                        strict=True))  # the last key per address wins
+        return list(best), list(best.values())
 
     def _rank(self, i: int) -> tuple[bool, bool, bool]:
         r = self._row(i)
