@@ -10,6 +10,7 @@ what the real kernel also has: under Xen, ``mmu.alloc_p4d`` stays NULL and its s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -308,3 +309,17 @@ def test_debian_61_checks_clean_with_only_explained_warnings(flavour, tmp_path):
     # the cloud flavour is built without CONFIG_XEN_DOM0 yet 6.1 declares dom0 unconditionally
     assert rest == (["xen.dom0-unbacked"] if flavour == "cloud-amd64" else [])
     assert run(path, "--backend", "native", "--fail-on", "warning").returncode == 0
+
+
+def test_json_flag_is_format_json_and_workers_do_not_change_the_report(tmp_path):
+    """--json = --format json; the backends planned in worker processes (the default) give
+    the very report a single process gives (PVPATCH_JOBS=1)."""
+    path = build(BAD_CLOBBER=1)
+    a = run(path, "--json")
+    b = subprocess.run([sys.executable, "-m", "pvpatch", "check", path, "--format", "json"],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PVPATCH_JOBS": "1"})
+    assert a.returncode == b.returncode == 1 and a.stdout == b.stdout
+    assert json.loads(a.stdout)["counts"]["error"] == 1
+    r = run(path, "--json", "--format", "junit")
+    assert r.returncode == 2 and "exclude each other" in r.stderr

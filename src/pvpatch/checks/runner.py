@@ -17,6 +17,7 @@ from pvpatch.checks.model import Finding
 from pvpatch.errors import UsageError
 from pvpatch.kernel.alternatives import read_alternatives
 from pvpatch.kernel.model import KernelModel
+from pvpatch.parallel import fork_map
 from pvpatch.patch.nops import default_nops
 from pvpatch.patch.plan import ERA_5_13_TO_6_7, plan
 
@@ -36,11 +37,28 @@ class Suite:
     skipped: str | None = None
 
 
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a report says of a backend (the resolved backend itself stays with its model)."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class BackendResult:
+    """One backend's suites and findings: plain data, so a worker process can return it."""
+
+    backend: BackendInfo
+    suites: list[Suite]
+    findings: list[Finding]
+
+
 @dataclass
 class CheckRun:
     path: str
     release: str | None
-    backends: list[Backend]
+    backends: list[BackendInfo]
     suites: list[Suite] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
@@ -68,8 +86,14 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     _image_suites(ctx, run)
     run.checked.update(sites=len(model.sites.sites), pv_alternatives=len(ctx.pv_alternatives))
     wanted = _usable(model, names, explicit, run)
-    for name in wanted:
-        _backend_suites(ctx, run, load_backend(model, name, vcpus))
+    # Each backend plans the whole boot on its own: one per core (parallel.fork_map), after
+    # building what they all read.
+    model.image.symbols.index_code()
+    for result in fork_map(lambda name: _backend_suites(ctx, load_backend(model, name, vcpus)),
+                           wanted):
+        run.backends.append(result.backend)
+        run.suites += result.suites
+        run.findings += result.findings
     if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to `wanted`
         _xen_suite(model, run)
     return run
@@ -93,15 +117,16 @@ def _image_suites(ctx: Context, run: CheckRun) -> None:
     run.suites.append(Suite("alt", None, False))
 
 
-def _backend_suites(ctx: Context, run: CheckRun, backend: Backend) -> None:
+def _backend_suites(ctx: Context, backend: Backend) -> BackendResult:
     """Plan the backend's boot patching once (as `apply` does) and let each family read it."""
     model = ctx.model
     p = plan(model, backend, ctx.alts, default_nops(model.image.bits))
     br = BackendRun(backend, p, model.image.symbols.address(ERA_5_13_TO_6_7.nop_function))
-    run.backends.append(backend)
+    out = BackendResult(BackendInfo(backend.name, backend.description), [], [])
     for family, fn in PER_BACKEND:
-        run.findings += fn(ctx, br)
-        run.suites.append(Suite(family, backend.name, True))
+        out.findings.extend(fn(ctx, br))
+        out.suites.append(Suite(family, backend.name, True))
+    return out
 
 
 def _xen_suite(model: KernelModel, run: CheckRun) -> None:

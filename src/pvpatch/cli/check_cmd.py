@@ -26,6 +26,7 @@ EXIT_OK, EXIT_FAILED = 0, 1
               help="Xen: vCPUs the guest boots with (1 keeps native spinlocks).")
 @click.option("--format", "fmt", type=click.Choice(("text", "json", "junit")), default="text",
               show_default=True, help="Report format (json: schema pvpatch.check/1).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.option("-o", "--output", metavar="FILE",
               help="Write the report to FILE and only the verdict to stdout.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES), default="error", show_default=True,
@@ -33,8 +34,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @click.option("--baseline", metavar="OLD",
               help="An earlier image or --format json report: its findings become 'known' "
                    "and do not count toward the exit status.")
-def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, output: str | None,
-          fail_on: str, baseline: str | None) -> None:
+def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: bool,
+          output: str | None, fail_on: str, baseline: str | None) -> None:
     """Check the paravirt sites, slots, alternatives and Xen notes of VMLINUX.
 
     Each finding names its check id, severity, backend, site (address, function+offset, op)
@@ -51,8 +52,11 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, output: str 
       pvpatch check vmlinux
       pvpatch check vmlinux --backend xen --vcpus 1 --fail-on warning
       pvpatch check vmlinux --format junit -o pvpatch-junit.xml
-      pvpatch check vmlinux --format json -o old.json; pvpatch check new/vmlinux --baseline old.json
+      pvpatch check vmlinux --json -o old.json; pvpatch check new/vmlinux --baseline old.json
     """
+    if as_json and fmt not in ("text", "json"):
+        raise UsageError(f"--json and --format {fmt} exclude each other")
+    fmt = "json" if as_json else fmt
     names, explicit = parse_backends(backends)
     if output and os.path.abspath(output) == os.path.abspath(vmlinux):
         raise UsageError("-o would overwrite the image itself: give the report another name")

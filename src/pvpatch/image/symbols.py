@@ -321,6 +321,10 @@ class SymbolTable:
         sym, off = hit
         return sym.name if off == 0 else f"{sym.name}+{off:#x}"
 
+    def index_code(self) -> None:
+        """Sort the code symbols now: before forking workers, so that they share the index."""
+        _ = self._code_index
+
     def at(self, addr: int) -> Symbol | None:
         """The code symbol whose value is exactly ``addr``.
 
