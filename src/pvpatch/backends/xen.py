@@ -11,6 +11,11 @@ from pvpatch.kernel.sites import describe_targets
 
 def resolve(model: KernelModel, vcpus: int) -> Backend:
     v = model.version
+    era = model.era
+    if era is not None and era.era.key in ("G1", "G2", "G3", "G4"):
+        raise InputError(f"Xen patching of era {era.era.key} ({era.era.versions}: xen_patch / "
+                         "the Xen pv-op tables of that time) is not modelled yet; use "
+                         "--backend native", model.image.path)
     rules = rules_for((v.major, v.minor) if v.major is not None else None)
     if rules is None:
         raise InputError(f"no Xen PV start-up rules for kernel {v.short} yet "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding, finding
-from pvpatch.patch.plan import call_rel32
+from pvpatch.patch.plan import LEGACY_ERAS, call_rel32
 
 CALL_LEN = len(call_rel32(0, 0))
 
@@ -21,6 +21,8 @@ def check_fit(ctx: Context, run: BackendRun) -> list[Finding]:
 
 def _calls(ctx: Context, run: BackendRun) -> list[Finding]:
     """Sites shorter than a call whose slot makes the kernel write one."""
+    if run.plan.era in LEGACY_ERAS:
+        return _legacy_fatal(ctx, run)
     out = []
     for s in ctx.model.sites.sites:
         if not 0 < s.length < CALL_LEN:
@@ -34,6 +36,14 @@ def _calls(ctx: Context, run: BackendRun) -> list[Finding]:
         out.append(finding("fit.call-too-long", run.backend.name, s.address, ctx.label(s),
                            s.op, why))
     return out
+
+
+def _legacy_fatal(ctx: Context, run: BackendRun) -> list[Finding]:
+    """≤5.12: only 5.3–5.12 BUG on what does not fit; older kernels leave the site."""
+    sites = {s.index: s for s in ctx.model.sites.sites}
+    return [finding("fit.call-too-long", run.backend.name, p.site.address,
+                    ctx.label(sites[p.site.index]), p.site.op, p.fatal)
+            for p in run.plan.patches if p.fatal]
 
 
 def _alternatives(ctx: Context, run: BackendRun) -> list[Finding]:

@@ -18,8 +18,7 @@ from pvpatch.errors import UsageError
 from pvpatch.kernel.alternatives import read_alternatives
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
-from pvpatch.patch.nops import default_nops
-from pvpatch.patch.plan import ERA_5_13_TO_6_7, plan
+from pvpatch.patch.plan import ERA_5_13_TO_6_7, LEGACY_ERAS, nop_table, plan
 
 PerBackend = Callable[[Context, BackendRun], list[Finding]]
 PER_BACKEND: tuple[tuple[str, PerBackend], ...] = (
@@ -102,7 +101,14 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
 def _usable(model: KernelModel, names: tuple[str, ...], explicit: bool, run: CheckRun
             ) -> tuple[str, ...]:
     """The default list must work on any kernel; an explicit one fails loudly instead."""
-    if explicit or "xen" not in names or xen.support(model.image).pv:
+    if explicit or "xen" not in names:
+        return names
+    era = model.era
+    if era is not None and era.era.key in LEGACY_ERAS:
+        run.notes.append(f"xen backend skipped: Xen patching of era {era.era.key} "
+                         f"({era.era.versions}) is not modelled yet")
+        return tuple(n for n in names if n != "xen")
+    if xen.support(model.image).pv:
         return names
     run.notes.append("xen backend skipped: the kernel is built without Xen PV support "
                      "(no xen_start_kernel)")
@@ -120,7 +126,7 @@ def _image_suites(ctx: Context, run: CheckRun) -> None:
 def _backend_suites(ctx: Context, backend: Backend) -> BackendResult:
     """Plan the backend's boot patching once (as `apply` does) and let each family read it."""
     model = ctx.model
-    p = plan(model, backend, ctx.alts, default_nops(model.image.bits))
+    p = plan(model, backend, ctx.alts, nop_table(model))
     br = BackendRun(backend, p, model.image.symbols.address(ERA_5_13_TO_6_7.nop_function))
     out = BackendResult(BackendInfo(backend.name, backend.description), [], [])
     for family, fn in PER_BACKEND:

@@ -36,7 +36,7 @@ def _verdict(image: ElfImage, run: BackendRun, res: Resolution) -> tuple[str, st
         return "slot.unresolved", f"value unknown ({res.reason}): the site is not modelled"
     if res.value == 0:
         return "slot.null", (f"slot is NULL ({res.reason}): the kernel patches in "
-                             f"`call {run.plan.bug_function}`")
+                             f"`{run.plan.null_text}`")
     if res.value == run.nop_function:
         return None
     problem = target_problem(image, res.value)

@@ -14,8 +14,7 @@ from pvpatch.errors import UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
-from pvpatch.patch.nops import default_nops
-from pvpatch.patch.plan import plan
+from pvpatch.patch.plan import nop_table, plan
 from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import plan_dict, render_sites, render_summary
 
@@ -73,9 +72,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             PatchedCopy(vmlinux, target, in_place, data=data))
         progress("resolving the backend and planning")
         be = load_backend(model, backend, vcpus)
-        v = model.version
-        p = plan(model, be, model.alternatives,
-                 default_nops(model.image.bits, (v.major, v.minor) if v.major else None))
+        p = plan(model, be, model.alternatives, nop_table(model))
         changes = [(x.site.address, x.after) for x in p.patches if x.changed]
         pokes = file_pokes(model.image, changes)
         bits = model.image.bits

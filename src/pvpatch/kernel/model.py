@@ -14,6 +14,7 @@ from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
+from pvpatch.kernel.era import EraDetection, detect_era
 from pvpatch.kernel.pvops import PvOps
 from pvpatch.kernel.sites import SiteTable, read_sites
 from pvpatch.kernel.version import KernelVersion, detect_version
@@ -57,6 +58,11 @@ class KernelModel:
         return PvOps(self.image, self.types)
 
     @cached_property
+    def era(self) -> EraDetection | None:
+        """The boot-patching era (None: no pv-op table, so nothing to patch)."""
+        return detect_era(self.image, self.pvops, self.version)
+
+    @cached_property
     def clobber_bits(self) -> ClobberBits:
         return clobber_bits(self.image.bits, self.version.major, self.version.minor)
 
@@ -67,5 +73,7 @@ class KernelModel:
     @cached_property
     def sites(self) -> SiteTable:
         has_para = self.image.section(".parainstructions") is not None
+        enum_types = self.era is not None and not self.era.era.type_is_slot
         return read_sites(self.image, self.types, self.pvops, self.clobber_bits,
-                          self.layout_name, None if has_para else self.alternatives)
+                          self.layout_name, None if has_para else self.alternatives,
+                          enum_types=enum_types)

@@ -34,6 +34,12 @@ ERAS = (
     Container("paravirt_ops", "2.6.20–2.6.23", "paravirt_ops", "single", "paravirt_ops"),
 )
 
+# 2.6.24–4.19: the members of struct paravirt_patch_template in order; each is also a global of
+# that name. pv_apic_ops existed 2.6.24 to about 4.4, pv_lock_ops from 2.6.27 (fact sheet §2.2);
+# an absent global is simply skipped, so one list serves the whole range.
+SPLIT_MEMBERS = ("pv_init_ops", "pv_time_ops", "pv_cpu_ops", "pv_irq_ops", "pv_apic_ops",
+                 "pv_mmu_ops", "pv_lock_ops")
+
 # .parainstructions' type is a u8: no kernel can address more slots than this.
 MAX_SLOTS = 256
 
@@ -131,6 +137,8 @@ class PvOps:
         and no more than MAX_SLOTS slots are addressable by a u8 type byte anyway.
         """
         assert self.container is not None
+        if self.container.storage == "per-member":
+            return self._untyped_split_slots()
         sym = self.image.symbols.get(self.container.symbol or "")
         if sym is None or not sym.size:
             return {}
@@ -140,6 +148,22 @@ class PvOps:
         count = min(sym.size // self.ptr, MAX_SLOTS)
         return {i: Slot(i, i * self.ptr, f"{sym.name}+{i * self.ptr:#x}", sym.value + i * self.ptr,
                         True) for i in range(count)}
+
+    def _untyped_split_slots(self) -> dict[int, Slot]:
+        """2.6.24–4.19 without types: the template is the pv_*_ops globals back to back, each
+        as long as its symbol says (the fact sheet's tool note)."""
+        out: dict[int, Slot] = {}
+        base = 0
+        for name in SPLIT_MEMBERS:
+            sym = self.image.symbols.get(name)
+            if sym is None or not sym.size:
+                continue
+            for off in range(0, sym.size - self.ptr + 1, self.ptr):
+                i = (base + off) // self.ptr
+                if i < MAX_SLOTS:
+                    out[i] = Slot(i, base + off, f"{name}+{off:#x}", sym.value + off, True)
+            base += sym.size
+        return out
 
     def slot(self, index: int) -> Slot | None:
         return self.slots.get(index)

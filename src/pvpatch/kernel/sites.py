@@ -16,6 +16,7 @@ from pvpatch.image.elf import ElfImage, Section
 from pvpatch.image.symbols import SymbolTable
 from pvpatch.kernel.alternatives import AltTable
 from pvpatch.kernel.clobbers import ClobberBits
+from pvpatch.kernel.era import G1_TYPES
 from pvpatch.kernel.pvops import PvOps, Slot
 from pvpatch.kernel.records import KNOWN_STRIDES, RecordLayout, layouts_for
 from pvpatch.types.model import TypeSource
@@ -39,6 +40,7 @@ class Site:
     native_target: int | None = None  # initial value of that slot
     native_name: str | None = None
     problems: list[str] = field(default_factory=list)
+    kind: str | None = None  # 2.6.20–21: the op the enum type byte names
     _function: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -56,6 +58,8 @@ class Site:
 
     @property
     def op(self) -> str:
+        if self.kind is not None:
+            return self.kind
         return self.slot.name if self.slot else f"type {self.type}"
 
 
@@ -70,11 +74,12 @@ class SiteTable:
 
 def read_sites(image: ElfImage, types: TypeSource | None, pvops: PvOps,
                clobber_bits: ClobberBits, layout_name: str | None = None,
-               alternatives: AltTable | None = None) -> SiteTable:
+               alternatives: AltTable | None = None, enum_types: bool = False) -> SiteTable:
     """All sites of the image, decoded and cross-checked.
 
     Up to 6.7 they are the ``.parainstructions`` records; from 6.8 that table is gone and
-    every pv call is an ``.altinstructions`` entry flagged ALT_FLAG_DIRECT_CALL.
+    every pv call is an ``.altinstructions`` entry flagged ALT_FLAG_DIRECT_CALL. With
+    ``enum_types`` (2.6.20–21) the type byte names an op, not a slot: the call says the slot.
     """
     sec = image.section(SECTION)
     if sec is None or not sec.size:
@@ -84,7 +89,7 @@ def read_sites(image: ElfImage, types: TypeSource | None, pvops: PvOps,
                          "alternatives (built without CONFIG_PARAVIRT?)", [], sec)
     raw = image.section_data(sec)
     layout, reason = choose_layout(image, raw, types, layout_name)
-    sites = [_decode_site(image, s, pvops) for s in _records(raw, layout)]
+    sites = [_decode_site(image, s, pvops, enum_types=enum_types) for s in _records(raw, layout)]
     for s in sites:
         if s.clobbers is not None:
             s.problems.extend(_check_clobber_bits(s.clobbers, clobber_bits))
@@ -239,7 +244,8 @@ def _code_problem(image: ElfImage, addr: int, length: int,
 
 # -- per-site decoding ------------------------------------------------------------------------
 
-def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = False) -> Site:
+def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = False,
+                 enum_types: bool = False) -> Site:
     sec = image.section_at(site.address, max(site.length, 1))
     site.section = sec.name if sec else None
     site.symbols = image.symbols
@@ -253,11 +259,24 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = Fals
     if by_call:  # no type byte: the slot is what the call reads
         via = pvops.slot_by_address(site.call_target) if site.call_target is not None else None
         site.type = via.index if via else -1
+    if enum_types:
+        return _decode_enum_site(site, pvops)
     site.slot = pvops.slot(site.type)
     if site.slot is None:
         site.problems.append(f"type {site.type} names no slot of {pvops.described}")
     else:
         _cross_check(site, pvops)
+        site.native_target, site.native_name = pvops.initial_target(site.slot)
+    return site
+
+
+def _decode_enum_site(site: Site, pvops: PvOps) -> Site:
+    """2.6.20–21: the type is PARAVIRT_IRQ_DISABLE … (G1_TYPES); the first call names the slot."""
+    site.kind = G1_TYPES.get(site.type)
+    if site.kind is None:
+        site.problems.append(f"type {site.type} is not one of the 2.6.20–21 patch types")
+    site.slot = pvops.slot_by_address(site.call_target) if site.call_target is not None else None
+    if site.slot is not None:
         site.native_target, site.native_name = pvops.initial_target(site.slot)
     return site
 

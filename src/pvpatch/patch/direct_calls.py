@@ -157,7 +157,8 @@ def plan_direct_calls(model: KernelModel, backend: Backend, alts: AltTable,
             continue
         used += 1
         _apply_entry(model, backend, e, lengths[e.instr], sp, nops, bug_fn, nop_fn)
-    return PatchPlan(backend, nops, era.bug_function, patches, used, len(alts.entries) - used)
+    return PatchPlan(backend, nops, era.bug_function, patches, used, len(alts.entries) - used,
+                     era="G6")
 
 
 def _nested_instrlens(entries: list[AltEntry]) -> dict[int, int]:

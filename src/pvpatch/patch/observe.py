@@ -27,6 +27,15 @@ def observe(image: ElfImage, site: Site, before: bytes, after: bytes) -> SitePat
         sp.target, sp.target_name = target, name
         sp.outcome = "bug-call" if name in BUG_FUNCTIONS else "direct-call"
         return sp
+    if after[:1] == b"\xe9" and len(after) >= 5:  # ≤5.12 paravirt_patch_jmp
+        target = (site.address + 5 + int.from_bytes(after[1:5], "little", signed=True)) \
+            & ((1 << image.bits) - 1)
+        sp.target, sp.target_name = target, image.symbols.name_at(target)
+        sp.outcome = "direct-jmp"
+        return sp
+    if after[:2] == b"\x0f\x0b":  # ≤5.12: a NULL slot's ud2
+        sp.outcome = "ud2"
+        return sp
     insns = decode(after, site.address, image.bits)
     if insns and sum(i.size for i in insns) == len(after) and \
             all(i.mnemonic in NOP_MNEMONICS for i in insns):

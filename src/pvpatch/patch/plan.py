@@ -28,11 +28,11 @@ from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
 from pvpatch.patch.entries import decide, feature_text
-from pvpatch.patch.nops import NopTable
+from pvpatch.patch.nops import NopTable, default_nops
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 
-OUTCOMES = ("direct-call", "nop", "inline-native", "bug-call", "unpatched")
+OUTCOMES = ("direct-call", "direct-jmp", "nop", "inline-native", "ud2", "bug-call", "unpatched")
 
 
 @dataclass
@@ -49,6 +49,7 @@ class SitePatch:
     clobbered: list[str] | None = None  # what the replacement may write (None: no mask)
     clobber_source: str = ""
     violations: list[str] = field(default_factory=list)  # registers outside the mask
+    fatal: str = ""  # why the kernel would BUG at boot patching this site (≤5.12 planner)
 
     @property
     def changed(self) -> bool:
@@ -64,6 +65,12 @@ class PatchPlan:
     alternatives_used: int
     alternatives_left: int
     notes: list[str] = field(default_factory=list)
+    era: str = "G5"  # kernel.era key of the algorithm that planned it
+    null_patch: str = ""  # what a NULL slot becomes; "" = `call <bug_function>`
+
+    @property
+    def null_text(self) -> str:
+        return self.null_patch or f"call {self.bug_function}"
 
 
 @dataclass(frozen=True)
@@ -76,14 +83,22 @@ class Era:
     bug_function: str
 
 
+LEGACY_ERAS = ("G1", "G2", "G3", "G4")  # kernel.era keys planned by patch.legacy (≤5.12)
+
 ERA_5_13_TO_6_7 = Era("paravirt_patch", "5.13–6.7", "_paravirt_nop", "paravirt_BUG")
 
 
 def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -> PatchPlan:
+    """The single entry: dispatch to the planner of the image's era (kernel.era)."""
     if model.sites.origin != ".parainstructions":  # 6.8+: ALT_FLAG_DIRECT_CALL
         from pvpatch.patch.direct_calls import plan_direct_calls
 
         return plan_direct_calls(model, backend, alts, nops)
+    detected = model.era
+    if detected is not None and detected.era.key in LEGACY_ERAS:
+        from pvpatch.patch.legacy import plan_legacy
+
+        return plan_legacy(model, backend, detected, nops)
     era = _era(model)
     image = model.image
     nop_fn = image.symbols.address(era.nop_function)
@@ -98,18 +113,22 @@ def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -
 
 
 def _era(model: KernelModel) -> Era:
-    v = model.version
-    container = model.pvops.container
-    if container is None or container.name != "pv_ops":
-        raise InputError(f"apply supports the pv_ops kernels of 5.13–6.7 so far; this image "
-                         f"has {model.pvops.described}", model.image.path)
-    if model.pvops.layout is not None and model.pvops.layout.field("init") is not None:
-        raise InputError("apply does not yet model 4.20–5.12 kernels (pv_ops.init.patch)",
-                         model.image.path)
-    if v.major is not None and not (5, 13) <= (v.major, v.minor) <= (6, 7):
-        raise InputError(f"apply models paravirt_patch() of 5.13–6.7; this is {v.short}",
+    if model.era is None:
+        raise InputError(f"cannot tell how this kernel patches itself: {model.pvops.described}, "
+                         "and no types, patcher symbols or linux_banner say the era",
                          model.image.path)
     return ERA_5_13_TO_6_7
+
+
+def nop_table(model: KernelModel) -> NopTable:
+    """The NOP table add_nops uses for this image's era (legacy: the boot-time CPU choice)."""
+    v = model.version
+    detected = model.era
+    if detected is not None and detected.era.key in LEGACY_ERAS:
+        from pvpatch.patch.legacy import boot_nops, patch_version
+
+        return boot_nops(model.image.bits, patch_version(model, detected.era)[0])[0]
+    return default_nops(model.image.bits, (v.major, v.minor) if v.major else None)
 
 
 # -- step 2: apply_paravirt -------------------------------------------------------------------

@@ -60,6 +60,8 @@ def plan_dict(plan: PatchPlan, bits: int, extra: dict | None = None) -> dict:
         **(extra or {}),
         "backend": {"name": be.name, "description": be.description,
                     "features": be.feature_reasons},
+        "era": plan.era,
+        "notes": plan.notes,
         "nop_table": plan.nops.name,
         "counts": dict(Counter(p.outcome for p in plan.patches)),
         "changed_sites": sum(p.changed for p in plan.patches),
@@ -81,6 +83,7 @@ def render_summary(plan: PatchPlan, header: list[str]) -> str:
         lines.append(f"            {name}: {why}")
     counts = Counter(p.outcome for p in plan.patches)
     lines.append("  outcomes  " + ", ".join(f"{k} {counts[k]}" for k in OUTCOMES if counts[k]))
+    lines += [f"  note      {n}" for n in plan.notes]
     lines.append(f"  alternatives  {plan.alternatives_used} applied to pv sites, "
                  f"{plan.alternatives_left} others left as built (CPU-dependent)")
     problems = sum(len(p.problems) for p in plan.patches)

@@ -77,6 +77,7 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "machine": model.image.machine,
         "kernel": {"release": v.release, "version": v.short, "distro": v.distro,
                    "banner": v.banner, "source": v.source},
+        "patch_era": _era_dict(model),
         "pv_table": {"container": model.pvops.described,
                      "slots": len(model.pvops.slots),
                      "types": model.types.origin if model.types else None},
@@ -100,6 +101,14 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
     }
 
 
+def _era_dict(model: KernelModel) -> dict | None:
+    d = model.era
+    if d is None:
+        return None
+    return {"era": d.era.key, "versions": d.era.versions, "dispatcher": d.era.dispatcher,
+            "type_byte": d.era.type_byte, "detected_from": d.evidence, "conflict": d.conflict}
+
+
 def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
     return None if s.clobbers is None else model.clobber_bits.decode(s.clobbers)
 
@@ -113,6 +122,13 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
         kernel += f" ({k['distro']})"
     lines.append(f"  kernel    {kernel}, {d['machine']}  [from {k['source']}]")
     lines.append(f"  pv table  {d['pv_table']['container']}, {d['pv_table']['slots']} slots")
+    era = d["patch_era"]
+    if era is not None:
+        lines.append(f"  era       {era['era']} ({era['versions']}): {era['dispatcher']}; type "
+                     f"byte = {era['type_byte']}")
+        lines.append(f"            detected from {era['detected_from']}")
+        if era["conflict"]:
+            lines.append(f"            ! {era['conflict']}")
     lay = d["layout"]
     if lay is None:
         lines.append(f"  records   {d['layout_reason']}")
