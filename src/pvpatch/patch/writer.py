@@ -84,16 +84,23 @@ class PatchedCopy:
             self._error = e
 
     def __enter__(self) -> PatchedCopy:
-        # The SIGTERM handler goes in first: a signal between creating the temporary file
-        # and installing it would otherwise leave the file behind.
+        # The SIGTERM handler goes in first, and the temporary file is created with SIGINT
+        # and SIGTERM held back until its name is known: a signal in between would otherwise
+        # leave the file behind. Any failure from here on removes it.
         self._cleanup.__enter__()
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=self.folder)
+            with _signals_held():
+                fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp",
+                                                dir=self.folder)
+            os.close(fd)
+            self._thread.start()
         except OSError as e:
-            self._cleanup.__exit__(None, None, None)
-            raise UsageError(f"cannot create a file in {self.folder}: {e.strerror}") from None
-        os.close(fd)
-        self._thread.start()
+            err = UsageError(f"cannot create a file in {self.folder}: {e.strerror}")
+            self._cleanup.__exit__(UsageError, err, None)
+            raise err from None
+        except BaseException as e:
+            if not self._cleanup.__exit__(type(e), e, e.__traceback__):
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,6 +264,21 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (delivered on leaving) where available (main thread, POSIX)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @contextlib.contextmanager
