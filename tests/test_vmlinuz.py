@@ -12,9 +12,11 @@ import bz2
 import gzip
 import json
 import lzma
+import random
 import shutil
 import struct
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,38 @@ def lz4_legacy(data: bytes, block: int = bzimage.LZ4_LEGACY_BLOCK) -> bytes:
     return bytes(out)
 
 
+def lzop(data: bytes, *, flags: int = 0x03000001, block: int = bzimage.LZO_BLOCK,
+         extra: bytes | None = None) -> bytes:
+    """What ``lzop -9`` writes (version 1.04 header, one Adler-32 of the data per block).
+
+    LZO1X blocks from lzallright; an incompressible block is stored, as lzop does. ``flags``
+    may add the compressed-data checksum (0x2) or CRC-32 instead of Adler-32 (0x100/0x200);
+    ``extra`` adds an F_H_EXTRA_FIELD.
+    """
+    from lzallright import LZOCompressor
+
+    if extra is not None:
+        flags |= bzimage.LZOP_EXTRA_FIELD
+    head = struct.pack(">HHHBBI", 0x1040, 0x20a0, 0x0940, 3, 9, flags)
+    head += struct.pack(">IIIB", 0o100644, 1_700_000_000, 0, 7) + b"vmlinux"
+    out = bytearray(bzimage.LZOP_MAGIC + head + struct.pack(">I", zlib.adler32(head)))
+    if extra is not None:
+        out += struct.pack(">I", len(extra)) + extra + struct.pack(">I", zlib.adler32(extra))
+    crc = flags & (bzimage.LZOP_CRC32_D | bzimage.LZOP_CRC32_C)
+    lzo = LZOCompressor()
+    for pos in range(0, len(data), block):
+        chunk = data[pos:pos + block]
+        packed = lzo.compress(chunk)
+        if len(packed) >= len(chunk):
+            packed = chunk
+        out += struct.pack(">II", len(chunk), len(packed))
+        out += struct.pack(">I", zlib.crc32(chunk) if crc else zlib.adler32(chunk))
+        if packed is not chunk and flags & (bzimage.LZOP_ADLER32_C | bzimage.LZOP_CRC32_C):
+            out += struct.pack(">I", zlib.crc32(packed) if crc else zlib.adler32(packed))
+        out += packed
+    return bytes(out + b"\0\0\0\0")
+
+
 def compress(data: bytes, method: str) -> bytes:
     size = struct.pack("<I", len(data))
     if method == "gzip":
@@ -57,6 +91,8 @@ def compress(data: bytes, method: str) -> bytes:
         import zstandard
 
         return zstandard.ZstdCompressor(level=19).compress(data) + size
+    if method == "lzo":
+        return lzop(data) + size
     raise AssertionError(method)
 
 
@@ -159,6 +195,47 @@ def test_lz4_legacy_blocks_of_8_mib(tmp_path):
     assert bzimage.decompress(image, boot) == data
 
 
+@pytest.mark.parametrize("variant", ["stored-and-compressed", "crc32+c-sums", "extra-field"])
+def test_lzop_header_and_block_variants(variant):
+    # compressible bytes, then noise lzop stores as is
+    data = bytes(range(256)) * 1500 + random.Random(6).randbytes(300_000)
+    if variant == "crc32+c-sums":
+        payload = lzop(data, flags=0x03000000 | bzimage.LZOP_CRC32_D | bzimage.LZOP_CRC32_C)
+    elif variant == "extra-field":
+        payload = lzop(data, extra=b"pvpatch")
+    else:
+        payload = lzop(data)
+    image = make_bzimage(payload + struct.pack("<I", len(data)))
+    boot = bzimage.parse_header(image, "x")
+    assert boot.method == "lzo"
+    assert bzimage.decompress(image, boot) == data
+
+
+def test_real_lzop_output(elf, tmp_path):
+    """The kernel's build runs `lzop -9`; read what the tool itself writes."""
+    tool = shutil.which("lzop")
+    if tool is None:
+        pytest.skip("lzop not installed (apt-get install lzop): real lzop output not tested")
+    payload = subprocess.run([tool, "-9", "-c"], input=elf.read_bytes() + RELOCS,
+                             capture_output=True, check=True).stdout
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(make_bzimage(payload + struct.pack("<I", len(elf.read_bytes()) +
+                                                        len(RELOCS))))
+    out = tmp_path / "vmlinux"
+    r = run("extract", str(path), "-o", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert "lzo payload" in r.stdout and out.read_bytes() == elf.read_bytes()
+
+
+def test_lzo_without_lzallright_is_a_one_line_error(monkeypatch, elf, tmp_path):
+    import sys
+
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(make_bzimage(compress(elf.read_bytes(), "lzo")))
+    monkeypatch.setitem(sys.modules, "lzallright", None)  # import fails
+    one_line_error(run("inspect", str(path)), "LZO-compressed", "pip install")
+
+
 def test_old_boot_protocol_is_searched_for_gzip(elf, tmp_path):
     path = tmp_path / "zImage"
     path.write_bytes(make_bzimage(gzip.compress(elf.read_bytes(), mtime=0), version=0x0206))
@@ -191,6 +268,25 @@ def test_truncated_stream_with_a_consistent_header(elf, tmp_path):
     one_line_error(run("notes", str(path)), "truncated bzImage", "xz stream ends early")
 
 
+@pytest.mark.parametrize(("cut", "needle"), [
+    (lambda p: p[:40], "lzo stream ends in the header"),
+    (lambda p: p[:len(p) // 2], "lzo stream ends in block"),
+    (lambda p: p[:-4], "lzo stream ends in block"),  # the end marker is missing
+])
+def test_truncated_lzo_stream(elf, tmp_path, cut, needle):
+    path = tmp_path / "short"
+    path.write_bytes(make_bzimage(cut(lzop(elf.read_bytes()))))
+    one_line_error(run("inspect", str(path)), "truncated bzImage", needle)
+
+
+def test_corrupt_lzo_block(elf, tmp_path):
+    payload = bytearray(compress(elf.read_bytes(), "lzo"))
+    payload[len(payload) // 2:len(payload) // 2 + 16] = b"\xa5" * 16
+    path = tmp_path / "bad"
+    path.write_bytes(make_bzimage(bytes(payload)))
+    one_line_error(run("inspect", str(path)), "lzo payload does not decompress")
+
+
 def test_corrupt_stream(elf, tmp_path):
     payload = bytearray(compress(elf.read_bytes(), "gzip"))
     payload[len(payload) // 2:len(payload) // 2 + 16] = b"\xa5" * 16
@@ -201,7 +297,6 @@ def test_corrupt_stream(elf, tmp_path):
 
 @pytest.mark.parametrize(("payload", "needle"), [
     (b"ABCDEFGH" * 64, "unknown compression"),
-    (b"\x89LZO\x00\r\n\x1a\n" + b"\0" * 64, "LZO-compressed"),
     (gzip.compress(b"not a kernel " * 100, mtime=0), "is not a vmlinux"),
 ])
 def test_unusable_payloads(tmp_path, payload, needle):
@@ -217,6 +312,29 @@ def test_not_a_kernel(tmp_path):
     path.write_bytes(b"just some words, no kernel here\n" * 64)
     one_line_error(run("inspect", str(path)), "not an ELF file nor an x86 bzImage")
     one_line_error(run("extract", str(path), "-o", str(tmp_path / "o")), "not an ELF file")
+
+
+BAD_INPUTS = {  # name → (make the file from the fixture ELF, what the one line must say)
+    "truncated": (lambda e: make_bzimage(compress(e, "xz"))[:3000], "truncated bzImage"),
+    "unknown-compression": (lambda e: make_bzimage(b"ABCDEFGH" * 64), "unknown compression"),
+    "payload-not-a-kernel": (lambda e: make_bzimage(gzip.compress(b"not a kernel " * 100,
+                                                                    mtime=0)),
+                             "is not a vmlinux"),
+    "not-a-kernel": (lambda e: b"just some words, no kernel here\n" * 64,
+                     "not an ELF file nor an x86 bzImage"),
+}
+
+
+@pytest.mark.parametrize("command", ["inspect", "notes", "apply", "check", "diff", "extract"])
+@pytest.mark.parametrize("bad", list(BAD_INPUTS))
+def test_every_command_refuses_a_bad_vmlinuz_in_one_line(elf, tmp_path, command, bad):
+    make, needle = BAD_INPUTS[bad]
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(make(elf.read_bytes()))
+    out = tmp_path / "out"
+    args = {"apply": ["-o", str(out)], "extract": ["-o", str(out)], "diff": [str(elf)]}
+    one_line_error(run(command, str(path), *args.get(command, [])), needle)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vmlinuz"]  # nothing written
 
 
 def test_extract_of_an_elf_copies_it(elf, tmp_path):

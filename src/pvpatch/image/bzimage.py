@@ -24,8 +24,9 @@ Before protocol 2.08 there are no payload fields: the payload is found by its gz
 Methods: gzip, bzip2, lzma (the .lzma "alone" format), xz from the standard library; zstd with
 ``zstandard``; LZ4 with ``lz4.block``, since the kernel writes LZ4's *legacy* frame format
 (``lz4 -l``): the magic 0x184C2102, then blocks each prefixed by a 32-bit compressed size and
-decompressing to at most 8 MiB, all blocks but the last exactly 8 MiB. LZO is recognised and
-refused (no maintained LZO package; decompress it with the kernel's scripts/extract-vmlinux).
+decompressing to at most 8 MiB, all blocks but the last exactly 8 MiB. LZO is the ``lzop -9``
+file format (lib/decompress_unlzo.c reads it at boot): a header, then blocks of at most 256 KiB
+each as LZO1X, decoded with the optional ``lzallright`` package (``pip install pvpatch[lzo]``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ PAYLOAD_OFFSET, PAYLOAD_LENGTH = 0x248, 0x24C
 MIN_HEADER = 0x250  # through payload_length
 HDRS = b"HdrS"
 
+LZOP_MAGIC = b"\x89LZO\x00\r\n\x1a\n"
+LZO_BLOCK = 256 << 10  # lzop's block size; the kernel's unlzo refuses larger blocks
+# lzop header flags (lzop's conf.h) that change the layout
+LZOP_ADLER32_D, LZOP_ADLER32_C, LZOP_CRC32_D, LZOP_CRC32_C = 0x1, 0x2, 0x100, 0x200
+LZOP_EXTRA_FIELD, LZOP_FILTER = 0x40, 0x800
+
 LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK = 8 << 20
 MAX_KERNEL = 1 << 31  # refuse to inflate past 2 GiB: no vmlinux.bin is that large
@@ -55,12 +62,12 @@ MAGICS: tuple[tuple[bytes, str], ...] = (
     (b"\xfd7zXZ\x00", "xz"),
     (b"BZh", "bzip2"),
     (b"\x5d\x00\x00", "lzma"),
-    (b"\x89LZO\x00\r\n\x1a\n", "lzo"),
+    (LZOP_MAGIC, "lzo"),
     (struct.pack("<I", LZ4_LEGACY_MAGIC), "lz4"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
     (b"\x7fELF", "none"),
 )
-METHODS = ("gzip", "xz", "bzip2", "lzma", "lz4", "zstd")
+METHODS = ("gzip", "xz", "bzip2", "lzma", "lz4", "zstd", "lzo")
 
 Progress = Callable[[float], None]  # fraction of the payload consumed, 0.0–1.0
 
@@ -142,9 +149,6 @@ def decompress(data: bytes | memoryview, boot: BootImage,
                progress: Progress | None = None) -> bytes:
     """The payload of ``boot`` uncompressed: vmlinux.bin (and whatever the build appended)."""
     payload = memoryview(data)[boot.payload_offset:boot.payload_offset + boot.payload_length]
-    if boot.method == "lzo":
-        raise InputError("LZO-compressed kernel (CONFIG_KERNEL_LZO): not supported; "
-                         "decompress it with the kernel's scripts/extract-vmlinux", boot.path)
     hint = boot.size_hint if boot.size_hint and boot.size_hint < MAX_KERNEL else None
     out = _Output(hint, boot)
     try:
@@ -152,6 +156,8 @@ def decompress(data: bytes | memoryview, boot: BootImage,
             out.write(payload)
         elif boot.method == "lz4":
             _lz4_legacy(payload, out, boot, progress)
+        elif boot.method == "lzo":
+            _lzop(payload, out, boot, progress)
         else:
             _stream(payload, _decompressor(boot.method), out, boot, progress)
     except InputError:
@@ -159,8 +165,8 @@ def decompress(data: bytes | memoryview, boot: BootImage,
     except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as e:
         raise InputError(f"the {boot.method} payload does not decompress ({e}): "
                          "truncated or corrupt", boot.path) from None
-    except Exception as e:  # zstandard.ZstdError, lz4's LZ4BlockError: not importable here
-        if type(e).__module__.split(".")[0] not in ("zstandard", "lz4", "_lz4"):
+    except Exception as e:  # zstandard.ZstdError, lz4's LZ4BlockError, lzallright.LZOError
+        if type(e).__module__.split(".")[0] not in ("zstandard", "lz4", "_lz4", "lzallright"):
             raise
         raise InputError(f"the {boot.method} payload does not decompress ({e}): "
                          "truncated or corrupt", boot.path) from None
@@ -260,3 +266,77 @@ def _lz4_legacy(payload: memoryview, out: _Output, boot: BootImage,
             progress(pos / len(payload))
     if blocks == 0:
         raise InputError("truncated bzImage: the LZ4 stream holds no block", boot.path)
+
+
+def _lzop(payload: memoryview, out: _Output, boot: BootImage,
+          progress: Progress | None) -> None:
+    """The ``lzop`` file format, as lzop 1.0x writes it and lib/decompress_unlzo.c reads it.
+
+    Header (big-endian): magic, version, library version, version needed to extract, method,
+    level (version 0x0940+), flags, filter (F_H_FILTER), mode, mtime low, mtime high (0x0940+),
+    name length and name, header checksum, an extra field (F_H_EXTRA_FIELD). Then blocks:
+    uncompressed size (0 ends the stream), compressed size, the checksum of the uncompressed
+    data (F_ADLER32_D or F_CRC32_D), that of the compressed data (F_ADLER32_C or F_CRC32_C,
+    only for a block that is compressed), the data — stored as is when both sizes are equal.
+    The kernel's build writes ``lzop -9`` (one Adler-32 of the data per block); the Adler-32
+    or CRC-32 of the uncompressed data is checked here.
+    """
+    try:
+        from lzallright import LZOCompressor
+    except ImportError:
+        raise InputError("LZO-compressed kernel (CONFIG_KERNEL_LZO), and the lzallright package "
+                         "is not installed (pip install 'pvpatch[lzo]' or lzallright)",
+                         boot.path) from None
+    end = len(payload)
+
+    def take(pos: int, n: int, what: str) -> int:
+        if pos + n > end:
+            raise InputError(f"truncated bzImage: the lzo stream ends in {what} at payload "
+                             f"offset {pos:#x}", boot.path)
+        return pos + n
+
+    pos = take(0, len(LZOP_MAGIC) + 7, "the header")
+    version = struct.unpack_from(">H", payload, len(LZOP_MAGIC))[0]
+    if version >= 0x0940:
+        pos = take(pos, 1, "the header")  # level
+    pos = take(pos, 4, "the header")
+    flags = struct.unpack_from(">I", payload, pos - 4)[0]
+    if flags & LZOP_FILTER:
+        pos = take(pos, 4, "the header")
+    pos = take(pos, 8 + (4 if version >= 0x0940 else 0) + 1, "the header")
+    pos = take(pos, payload[pos - 1] + 4, "the header")  # name, header checksum
+    if flags & LZOP_EXTRA_FIELD:
+        pos = take(pos, 4, "the header")
+        pos = take(pos, struct.unpack_from(">I", payload, pos - 4)[0] + 4, "the header")
+    d_sum = 4 if flags & (LZOP_ADLER32_D | LZOP_CRC32_D) else 0
+    c_sum = 4 if flags & (LZOP_ADLER32_C | LZOP_CRC32_C) else 0
+    blocks = 0
+    while True:
+        pos = take(pos, 4, f"block {blocks}")
+        dst_len = struct.unpack_from(">I", payload, pos - 4)[0]
+        if dst_len == 0:
+            break
+        pos = take(pos, 4, f"block {blocks}")
+        src_len = struct.unpack_from(">I", payload, pos - 4)[0]
+        if dst_len > LZO_BLOCK or not 0 < src_len <= dst_len:
+            raise InputError(f"the lzo payload does not decompress: block {blocks} at payload "
+                             f"offset {pos - 8:#x} claims {src_len} → {dst_len} bytes (at most "
+                             f"{LZO_BLOCK}): truncated or corrupt", boot.path)
+        pos = take(pos, d_sum, f"block {blocks}")
+        want = struct.unpack_from(">I", payload, pos - 4)[0] if d_sum else None
+        if src_len < dst_len:
+            pos = take(pos, c_sum, f"block {blocks}")
+        data_at = pos
+        pos = take(pos, src_len, f"block {blocks}")
+        block = payload[data_at:pos]
+        if src_len < dst_len:
+            block = LZOCompressor.decompress(block, output_size_hint=dst_len)
+        if len(block) != dst_len or (want is not None and want != (
+                zlib.crc32(block) if flags & LZOP_CRC32_D else zlib.adler32(block))):
+            raise InputError(f"the lzo payload does not decompress: block {blocks} at payload "
+                             f"offset {data_at:#x} fails its size or checksum: corrupt",
+                             boot.path)
+        out.write(block)
+        blocks += 1
+        if progress:
+            progress(pos / end)
