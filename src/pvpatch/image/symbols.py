@@ -96,6 +96,7 @@ class SymbolTable:
         self._exec = exec_sections
         self._lookups: dict[str, list[Symbol]] = {}
         self._at_cache: dict[int, Symbol | None] = {}
+        self._named: dict[int, str | None] = {}  # names_at results, misses included
         self.kallsyms: object | None = None  # the located tables when source is "kallsyms"
 
     @classmethod
@@ -360,16 +361,20 @@ class SymbolTable:
         Cheaper than the sorted code index when only a few addresses need a name (the ~80
         pv_ops slot values of a summary): functions win over labels, globals over locals.
         """
+        hits: dict[int, str] = {}
         if "_code_index" in self.__dict__:  # sorted already: bisect, scan only for the rest
             hits = {a: sym.name for a in addrs if (sym := self.at(a)) is not None}
-            rest = addrs - hits.keys()
-            return hits | (self._scan_names(rest) if rest else {})
-        return self._scan_names(addrs)
+        rest = addrs - hits.keys() - self._named.keys()
+        if rest:
+            found = self._scan_names(rest)
+            self._named.update({a: found.get(a) for a in rest})  # misses too: scan once
+        return hits | {a: n for a in addrs - hits.keys() if (n := self._named[a]) is not None}
 
     def _scan_names(self, addrs: set[int]) -> dict[int, str]:
         c = self._columns
         best: dict[int, tuple[tuple[bool, bool, bool], int]] = {}
-        for i in [i for i, v in enumerate(c["value"]) if v in addrs]:
+        rows = compress(range(len(c["value"])), map(addrs.__contains__, c["value"]))
+        for i in rows:  # the filter runs in C; few rows get here
             if not c["name"][i] or not self._defined(i):
                 continue
             rank = self._rank(i)
