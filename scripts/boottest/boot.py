@@ -113,7 +113,9 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
     ensure_tools(xen=mode != "native")
     image_path, meta_path, log_path = paths(kernel, mode)
     text = text_layout(kernel.vmlinux)
-    initrd = build_initramfs()
+    with open(kernel.vmlinux, "rb") as f:
+        bits = 32 if f.read(5)[4] == 1 else 64  # e_ident[EI_CLASS]
+    initrd = build_initramfs(bits)
     args, info = qemu_args(kernel, mode, initrd, cpu)
     ram_path = kernel.boot_dir / f"{mode}.ram.bin"
     t0 = time.monotonic()

@@ -27,6 +27,10 @@ MARKER = "PVPATCH-INIT-READY"
 
 INIT_C = r"""
 /* The boot test's /init: say MARKER on the console, then sleep for ever. No libc. */
+#ifdef __x86_64__
+#define NR_OPEN 2
+#define NR_WRITE 1
+#define NR_PAUSE 34
 static long sys3(long nr, long a, long b, long c)
 {
     long ret;
@@ -34,19 +38,30 @@ static long sys3(long nr, long a, long b, long c)
              : "rcx", "r11", "memory");
     return ret;
 }
+#else /* i386: int $0x80 and the 32-bit syscall numbers */
+#define NR_OPEN 5
+#define NR_WRITE 4
+#define NR_PAUSE 29
+static long sys3(long nr, long a, long b, long c)
+{
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "b"(a), "c"(b), "d"(c) : "memory");
+    return ret;
+}
+#endif
 
 static const char msg[] = "\n@MARKER@\n";
 
 void _start(void)
 {
-    long fd = sys3(2 /* open */, (long)"/dev/console", 1 /* O_WRONLY */, 0);
+    long fd = sys3(NR_OPEN, (long)"/dev/console", 1 /* O_WRONLY */, 0);
 
     if (fd < 0)
         fd = 1;
     for (int i = 0; i < 3; i++)
-        sys3(1 /* write */, fd, (long)msg, sizeof(msg) - 1);
+        sys3(NR_WRITE, fd, (long)msg, sizeof(msg) - 1);
     for (;;)
-        sys3(34 /* pause */, 0, 0, 0);
+        sys3(NR_PAUSE, 0, 0, 0);
 }
 """.replace("@MARKER@", MARKER)
 
@@ -76,8 +91,10 @@ def cpio(init: bytes) -> bytes:
     return out + b"\0" * (-len(out) % 512)
 
 
-def build_initramfs() -> Path:
-    key = hashlib.sha256((INIT_C + repr(CFLAGS) + "newc/1").encode()).hexdigest()[:12]
+def build_initramfs(bits: int = 64) -> Path:
+    """The initramfs for a kernel of ``bits`` (a 32-bit kernel runs only a 32-bit /init)."""
+    flags = CFLAGS + (["-m32"] if bits == 32 else [])
+    key = hashlib.sha256((INIT_C + repr(flags) + "newc/1").encode()).hexdigest()[:12]
     out = BOOT_CACHE / f"initrd-{key}.cpio"
     if out.is_file():
         return out
@@ -85,7 +102,7 @@ def build_initramfs() -> Path:
     with tempfile.TemporaryDirectory(prefix="pvpatch-init-") as tmp:
         src, exe = Path(tmp, "init.c"), Path(tmp, "init")
         src.write_text(INIT_C)
-        r = subprocess.run(["gcc", *CFLAGS, "-o", str(exe), str(src)], capture_output=True,
+        r = subprocess.run(["gcc", *flags, "-o", str(exe), str(src)], capture_output=True,
                            text=True)
         if r.returncode:
             raise BootError(f"building /init failed:\n{r.stderr}")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from boottest.common import TextLayout
 
-# (name, start symbol, end symbol, stride, how the entry names the site, bytes patched)
+# (name, start symbol, end symbol, stride, how the entry names the site, bytes patched);
+# a stride of None is pointer-sized ("abs") or two s32 and a pointer (jump_entry)
 TABLES = (
-    ("jump_label", "__start___jump_table", "__stop___jump_table", 16, "rel32", 5),
-    ("ftrace", "__start_mcount_loc", "__stop_mcount_loc", 8, "abs64", 5),
+    ("jump_label", "__start___jump_table", "__stop___jump_table", None, "rel32", 5),
+    ("ftrace", "__start_mcount_loc", "__stop_mcount_loc", None, "abs", 5),
     ("static_call", "__start_static_call_sites", "__stop_static_call_sites", 8, "rel32", 5),
     ("retpoline", "__retpoline_sites", "__retpoline_sites_end", 4, "rel32", 6),
     ("return_thunk", "__return_sites", "__return_sites_end", 4, "rel32", 5),
@@ -87,10 +88,13 @@ def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict]) -> PatchMask:
             if raw is None:
                 notes.append(f"{start_sym}..{end_sym} not in the file: {kind} not masked")
                 continue
-            if how == "abs64":
-                for (addr,) in struct.iter_unpack("<Q", raw[:len(raw) - len(raw) % 8]):
+            ptr = im.ptr_size
+            if how == "abs":
+                fmt = "<Q" if ptr == 8 else "<I"
+                for (addr,) in struct.iter_unpack(fmt, raw[:len(raw) - len(raw) % ptr]):
                     mark(kind, addr, length)
             else:
+                stride = stride or 8 + ptr
                 for i in range(0, len(raw) - 3, stride):
                     (rel,) = struct.unpack_from("<i", raw, i)
                     mark(kind, start + i + rel, length)
