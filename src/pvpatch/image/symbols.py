@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -225,28 +224,24 @@ class SymbolTable:
             pos = self._strtab.find(needle, pos + 1)
         return sorted(i for i in found if self._defined(i))
 
-    @cached_property
-    def _first_named(self) -> tuple[dict[int, int], Counter[int]]:
-        """st_name → first record index, and how many records share each st_name (both in C)."""
-        names = self._columns["name"]
-        first = dict(zip(reversed(names), range(len(names) - 1, -1, -1), strict=True))
-        return first, Counter(names)
-
     def _records_named(self, name_off: int) -> list[int]:
-        """Record indexes whose st_name is ``name_off``."""
-        first, counts = self._first_named
-        if name_off not in first:
-            return []
-        if counts[name_off] == 1:
-            return [first[name_off]]
-        names, out, pos = self._columns["name"], [], first[name_off]
-        while True:
-            try:
-                pos = names.index(name_off, pos)
-            except ValueError:
-                return out
-            out.append(pos)
-            pos += 1
+        """Record indexes whose st_name is ``name_off``.
+
+        st_name is the first word of every ELF symbol, so the raw table is searched for the
+        word's bytes (memchr speed) and only hits on a record boundary count: no index of
+        the ~130k rows has to be built for the few dozen names a command asks for.
+        """
+        raw, size = self._raw, self._entsize
+        needle = name_off.to_bytes(4, "little")
+        out: list[int] = []
+        pos = raw.find(needle)
+        while pos >= 0:
+            if pos % size == 0:
+                out.append(pos // size)
+                pos = raw.find(needle, pos + size)
+            else:
+                pos = raw.find(needle, pos + 1)
+        return out
 
     @cached_property
     def _columns(self) -> dict[str, list[int]]:
