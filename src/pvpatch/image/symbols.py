@@ -51,6 +51,8 @@ _INFO_ABS = _info_table({"*": L.STT_NOTYPE})
 
 # st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
 _CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
+# name lookups answered by searching the raw table before an index is built (see below)
+RAW_SEARCHES = 6
 # st_info → rank bits of a code symbol at a shared address: function 4, non-local 2 (sized: 1)
 _RANK = bytes(((b & 0xF) == L.STT_FUNC) << 2 | (b >> 4 != 0) << 1 for b in range(256))
 
@@ -96,6 +98,7 @@ class SymbolTable:
         self._lookups: dict[str, list[Symbol]] = {}
         self._at_cache: dict[int, Symbol | None] = {}
         self._named: dict[int, str | None] = {}  # names_at results, misses included
+        self._raw_searches = 0
         self.kallsyms: object | None = None  # the located tables when source is "kallsyms"
 
     @classmethod
@@ -227,10 +230,20 @@ class SymbolTable:
     def _records_named(self, name_off: int) -> list[int]:
         """Record indexes whose st_name is ``name_off``.
 
-        st_name is the first word of every ELF symbol, so the raw table is searched for the
-        word's bytes (memchr speed) and only hits on a record boundary count: no index of
-        the ~130k rows has to be built for the few dozen names a command asks for.
+        The first few are searched for in the raw table (no set-up: ``inspect`` asks for two
+        names); a command that asks for dozens (a Xen backend's op tables) gets a sorted
+        st_name index once, ~35 ms, after which each lookup is a bisection.
         """
+        if "_rows_by_name" not in self.__dict__ and self._raw_searches < RAW_SEARCHES:
+            self._raw_searches += 1
+            return self._search_raw(name_off)
+        keys, rows = self._rows_by_name
+        lo, hi = bisect.bisect_left(keys, name_off), bisect.bisect_right(keys, name_off)
+        return sorted(rows[lo:hi])
+
+    def _search_raw(self, name_off: int) -> list[int]:
+        """st_name is the first word of every ELF symbol: search the raw bytes for it and keep
+        the hits on a record boundary."""
         raw, size = self._raw, self._entsize
         needle = name_off.to_bytes(4, "little")
         out: list[int] = []
@@ -242,6 +255,13 @@ class SymbolTable:
             else:
                 pos = raw.find(needle, pos + 1)
         return out
+
+    @cached_property
+    def _rows_by_name(self) -> tuple[list[int], list[int]]:
+        """(st_name values sorted, their record indexes), for bisection."""
+        names = memoryview(self._raw).cast("I")[0::self._entsize // 4].tolist()
+        rows = sorted(range(len(names)), key=names.__getitem__)
+        return [names[i] for i in rows], rows
 
     @cached_property
     def _columns(self) -> dict[str, list[int]]:
