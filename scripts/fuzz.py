@@ -42,6 +42,28 @@ def seeds() -> list[tuple[str, bytes]]:
             print(f"fuzz: seed {src}/{bits} not built: {e}", file=sys.stderr)
             continue
         out.append((f"{Path(src).stem}-{bits}", path.read_bytes()))
+    return out + _more_seeds()
+
+
+def _more_seeds() -> list[tuple[str, bytes]]:
+    """The pre-5.13 era fixtures (each era's records, op tables and BTF) and bzImages."""
+    out = []
+    try:
+        from legacy_fixtures import legacy_kernel
+
+        for era, bits in ((1, 32), (2, 32), (3, 32), (3, 64), (4, 64)):
+            out.append((f"legacy-era{era}-{bits}", Path(legacy_kernel(era, bits)).read_bytes()))
+    except Exception as e:
+        print(f"fuzz: legacy seeds not built: {e}", file=sys.stderr)
+    try:
+        from conftest import assemble
+        from test_vmlinuz import compress, make_bzimage
+
+        elf = assemble("pv_kernel61.S", 64).read_bytes()
+        for method in ("gzip", "lz4"):
+            out.append((f"bzimage-{method}", make_bzimage(compress(elf, method))))
+    except Exception as e:
+        print(f"fuzz: bzImage seeds not built: {e}", file=sys.stderr)
     return out
 
 

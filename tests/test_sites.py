@@ -98,3 +98,10 @@ def test_version_from_banner():
         assert m.version.source == "linux_banner"
     with model_of(NO_BANNER=1) as m:
         assert m.version.source == "not found" and m.version.short == "unknown"
+
+
+def test_a_symbol_name_no_table_can_hold_is_simply_absent():
+    """Found by the fuzzer: a member name from damaged BTF (U+FFFD) asked as a symbol."""
+    with model_of() as m:
+        assert m.image.symbols.get("pv_\ufffd_ops") is None
+        assert m.image.symbols.lookup("\u2603") == []

@@ -261,6 +261,15 @@ def test_truncated(vmlinuz, tmp_path):
     one_line_error(run("inspect", str(cut)), "truncated bzImage")
 
 
+def test_corrupt_lz4_block(elf, tmp_path):
+    """Found by the fuzzer: lz4's error class lives in a module named ``_block``."""
+    payload = bytearray(compress(elf.read_bytes(), "lz4"))
+    payload[16:48] = b"\xff" * 32  # inside the first block's sequences
+    path = tmp_path / "corrupt"
+    path.write_bytes(make_bzimage(bytes(payload)))
+    one_line_error(run("inspect", str(path)), "lz4 payload does not decompress: block 0")
+
+
 def test_truncated_stream_with_a_consistent_header(elf, tmp_path):
     payload = compress(elf.read_bytes(), "xz")
     path = tmp_path / "short"

@@ -258,8 +258,13 @@ def _lz4_legacy(payload: memoryview, out: _Output, boot: BootImage,
             raise InputError(f"truncated bzImage: LZ4 block {blocks} claims {n} bytes at "
                              f"payload offset {pos - 4:#x}, {len(payload) - pos} remain",
                              boot.path)
-        out.write(lz4.block.decompress(payload[pos:pos + n],
-                                       uncompressed_size=LZ4_LEGACY_BLOCK))
+        try:
+            block = lz4.block.decompress(payload[pos:pos + n], uncompressed_size=LZ4_LEGACY_BLOCK)
+        except lz4.block.LZ4BlockError as e:  # its module is "_block": name it here
+            raise InputError(f"the lz4 payload does not decompress: block {blocks} at payload "
+                             f"offset {pos - 4:#x} ({e}): truncated or corrupt",
+                             boot.path) from None
+        out.write(block)
         pos += n
         blocks += 1
         if progress:

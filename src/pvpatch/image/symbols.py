@@ -219,7 +219,10 @@ class SymbolTable:
 
         A name stored as the tail of a longer string is found too: only its offset matters.
         """
-        needle = name.encode("latin-1") + b"\0"
+        try:
+            needle = name.encode("latin-1") + b"\0"
+        except UnicodeEncodeError:  # e.g. a member name from damaged BTF: no symbol has it
+            return []
         found: list[int] = []
         pos = self._strtab.find(needle)
         while pos >= 0:
