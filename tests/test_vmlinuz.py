@@ -394,6 +394,16 @@ def test_system_map_and_btf_for_a_stripped_image(elf, stripped):
     assert without(full, "file", "input") == without(got, "file", "input")
 
 
+def test_check_takes_the_same_image_options(elf, stripped):
+    """check on a stripped image with --system-map and --btf finds what it finds on the
+    full image (every command accepts the same image options)."""
+    image, smap, btf = stripped
+    full = json.loads(run("check", "--json", str(elf)).stdout)
+    r = run("check", "--json", str(image), "--system-map", str(smap), "--btf", str(btf))
+    assert r.exit_code in (0, 1), r.stderr
+    assert without(json.loads(r.stdout), "input") == without(full, "input")
+
+
 def test_debian_placeholder_system_map(stripped, tmp_path):
     image, _smap, _btf = stripped
     placeholder = tmp_path / "System.map-6.1.0-56-amd64"

@@ -10,6 +10,7 @@ import click
 from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
+from pvpatch.cli.common import image_options, say_progress
 from pvpatch.errors import InputError, UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.render.check import check_dict, failing, render_junit, render_text, verdict_line
@@ -34,8 +35,10 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @click.option("--baseline", metavar="OLD",
               help="An earlier image or --format json report: its findings become 'known' "
                    "and do not count toward the exit status.")
+@image_options()
 def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: bool,
-          output: str | None, fail_on: str, baseline: str | None) -> None:
+          output: str | None, fail_on: str, baseline: str | None, system_map: str | None,
+          btf: str | None) -> None:
     """Check the paravirt sites, slots, alternatives and Xen notes of VMLINUX.
 
     Each finding names its check id, severity, backend, site (address, function+offset, op)
@@ -60,7 +63,8 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
     names, explicit = parse_backends(backends)
     if output and os.path.abspath(output) == os.path.abspath(vmlinux):
         raise UsageError("-o would overwrite the image itself: give the report another name")
-    with KernelModel.open(vmlinux) as model:
+    with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
+                           progress=say_progress()) as model:
         run = run_checks(model, names, vcpus, explicit)
     base = load_baseline(baseline, names, vcpus) if baseline else None
     run.findings = mark_known(run.findings, base)
