@@ -29,8 +29,9 @@ class PatchEra:
 
     @property
     def versions(self) -> str:
-        end = "" if self.last[0] == 99 else _short(self.last)
-        return f"{_short(self.first)}–{end}"
+        if self.last[0] == 99:
+            return f"{_short(self.first)}+"
+        return f"{_short(self.first)}–{_short(self.last)}"
 
     @property
     def type_is_slot(self) -> bool:

@@ -124,7 +124,7 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     lines.append(f"  pv table  {d['pv_table']['container']}, {d['pv_table']['slots']} slots")
     era = d["patch_era"]
     if era is not None:
-        lines.append(f"  era       {era['era']} ({era['versions']}): {era['dispatcher']}; type "
+        lines.append(f"  era       {era['versions']} ({era['era']}): {era['dispatcher']}; type "
                      f"byte = {era['type_byte']}")
         lines.append(f"            detected from {era['detected_from']}")
         if era["conflict"]:
