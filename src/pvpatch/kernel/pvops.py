@@ -154,14 +154,16 @@ class PvOps:
         as long as its symbol says (the fact sheet's tool note)."""
         out: dict[int, Slot] = {}
         base = 0
+        limit = MAX_SLOTS * self.ptr  # a u8 type byte reaches no further, whatever sizes say
         for name in SPLIT_MEMBERS:
             sym = self.image.symbols.get(name)
             if sym is None or not sym.size:
                 continue
-            for off in range(0, sym.size - self.ptr + 1, self.ptr):
+            if base >= limit:
+                break
+            for off in range(0, min(sym.size, limit - base) - self.ptr + 1, self.ptr):
                 i = (base + off) // self.ptr
-                if i < MAX_SLOTS:
-                    out[i] = Slot(i, base + off, f"{name}+{off:#x}", sym.value + off, True)
+                out[i] = Slot(i, base + off, f"{name}+{off:#x}", sym.value + off, True)
             base += sym.size
         return out
 
