@@ -32,19 +32,36 @@ PARAVIRT_OPS = ("kernel_rpl", "shared_kernel_pmd", "paravirt_enabled", "name", "
 
 BANNER = {1: 22620, 2: 22622, 3: 41900, 4: 51000}  # defaults per era
 
+# fixtures/xen_legacy.S: the same shapes with the ops its Xen sites need
+XEN_TEMPLATE = (
+    ("init", "pv_init_ops", [("patch", False)]),
+    ("time", "pv_time_ops", [("sched_clock", False)]),
+    ("cpu", "pv_cpu_ops", [("io_delay", False), ("iret", False), ("load_tr_desc", False)]),
+    ("irq", "pv_irq_ops", [("save_fl", True), ("restore_fl", True), ("irq_disable", True),
+                           ("irq_enable", True)]),
+    ("mmu", "pv_mmu_ops", [("read_cr2", False), ("set_pte", False), ("alloc_pte", False),
+                           ("make_pte", True), ("alloc_p4d", False)]),
+    ("lock", "pv_lock_ops", [("queued_spin_unlock", True), ("wait", False)]),
+)
+XEN_PARAVIRT_OPS = ("kernel_rpl", "shared_kernel_pmd", "paravirt_enabled", "name", "patch",
+                    "io_delay", "save_fl", "restore_fl", "irq_disable", "irq_enable", "iret",
+                    "read_cr2", "set_pte", "alloc_pt", "irq_enable_sysexit", "pte_val",
+                    "flush_tlb_user", "load_tr_desc")
 
-def btf_blob(era: int, ptr: int) -> bytes:
+
+def btf_blob(era: int, ptr: int, template: tuple = TEMPLATE,
+             paravirt_ops: tuple[str, ...] = PARAVIRT_OPS) -> bytes:
     w = BtfWriter()
     u32 = w.int_("unsigned int", 4)
     proto = w.func_proto(0, [])
     fptr = w.ptr(proto)
     if era == 2:
-        members = [(n, u32 if i < 3 else fptr, 32 * i, 0) for i, n in enumerate(PARAVIRT_OPS)]
-        w.struct("paravirt_ops", 4 * len(PARAVIRT_OPS), members)
+        members = [(n, u32 if i < 3 else fptr, 32 * i, 0) for i, n in enumerate(paravirt_ops)]
+        w.struct("paravirt_ops", 4 * len(paravirt_ops), members)
         return w.blob()
     wrapper = w.struct("paravirt_callee_save", ptr, [("func", fptr, 0, 0)])
     subs, offset = [], 0
-    for member, type_name, ops in TEMPLATE:
+    for member, type_name, ops in template:
         size = ptr * len(ops)
         sid = w.struct(type_name, size, [(op, wrapper if callee else fptr, 8 * ptr * i, 0)
                                          for i, (op, callee) in enumerate(ops)])
@@ -62,12 +79,26 @@ def legacy_kernel(era: int, bits: int = 32, version: int | None = None, **defsym
     elf = assemble("pv_legacy.S", bits, defsyms=syms)
     if era == 1:
         return str(elf)  # 2.6.20–21 needs no types: the enum names the op
+    return _with_btf(elf, btf_blob(era, bits // 8))
+
+
+def xen_legacy_kernel(era: int, bits: int, version: int) -> str:
+    """``fixtures/xen_legacy.S`` for ``era`` (2–4) at banner ``version``, with its .BTF."""
+    syms = {"ERA": era, "VER": version}
+    if bits == 32:
+        syms["I386"] = 1
+    elf = assemble("xen_legacy.S", bits, defsyms=syms)
+    return _with_btf(elf, btf_blob(era, bits // 8, XEN_TEMPLATE, XEN_PARAVIRT_OPS))
+
+
+def _with_btf(elf: Path, data: bytes) -> str:
+    """A copy of ``elf`` with a .BTF section holding ``data`` (cached next to it)."""
     if shutil.which("objcopy") is None:
         pytest.skip("objcopy not installed: cannot add .BTF to the fixture")
     out = BUILD / f"{elf.name}-btf"
     if not out.exists():
         blob = Path(f"{out}.btf")
-        blob.write_bytes(btf_blob(era, bits // 8))
+        blob.write_bytes(data)
         subprocess.run(["objcopy", "--add-section", f".BTF={blob}",
                         "--set-section-flags", ".BTF=readonly", str(elf), f"{out}.tmp"],
                        check=True)

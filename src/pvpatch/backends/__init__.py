@@ -55,6 +55,10 @@ class Backend:
     slots: dict[int, Resolution]
     features: dict[int, bool] = field(default_factory=dict)  # feature number → set?
     feature_reasons: dict[str, str] = field(default_factory=dict)
+    # Before 5.13: the function the era's apply_paravirt calls per site, and why.
+    patcher: str = "native_patch"
+    patcher_reason: str = "the image's own initialiser"
+    placement: bool = False  # Xen: vcpu_info placement worked (xen_patch's condition)
 
     def resolution(self, slot_index: int) -> Resolution | None:
         return self.slots.get(slot_index)

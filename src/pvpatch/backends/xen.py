@@ -1,59 +1,135 @@
-"""The Xen PV backend: pv_ops as ``xen_start_kernel`` leaves it when patching runs."""
+"""The Xen PV backend: the pv-op table as ``xen_start_kernel`` leaves it when patching runs.
+
+The rule set of the image's kernel range (``xen_rules``) says which Xen op tables are copied
+into the live table and which slots are then assigned one by one; the values themselves are
+read from the image. Before 5.13 the rules also say which patcher the guest installed
+(``xen_patch`` or ``paravirt_patch_default``), which ``pvpatch.patch.legacy`` then runs.
+"""
 
 from __future__ import annotations
 
 from pvpatch.backends import Backend, Resolution, decide_pv_features, initial_resolutions
-from pvpatch.backends.xen_rules import MemberCopy, XenRules, rules_for
+from pvpatch.backends.xen_rules import (
+    Assign,
+    MemberCopy,
+    XenRules,
+    member_path,
+    no_xen_pv,
+    placement_works,
+    rules_for,
+    slot_path,
+)
 from pvpatch.errors import InputError
+from pvpatch.kernel.era import era_version, version_key
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
 
+LEGACY_ERAS = ("G1", "G2", "G3", "G4")
+KNOWN_PATCHERS = ("xen_patch", "paravirt_patch_default", "native_patch")
+
+
+def rules_version(model: KernelModel) -> tuple[int, int, int] | None:
+    """The version the rules are chosen by: the banner's, bounded by the detected era."""
+    era = model.era
+    if era is not None and era.era.key in LEGACY_ERAS:
+        return era_version(model.version, era.era)[0]
+    v = model.version
+    return None if v.major is None else version_key(v)
+
+
+def unsupported(model: KernelModel) -> str | None:
+    """Why this image cannot be resolved as a Xen PV guest (None: it can)."""
+    era = model.era
+    version = rules_version(model)
+    if era is not None and era.era.key == "G1":
+        return f"era G1 ({era.era.versions}) has no Xen PV guest: it first appears in 2.6.23"
+    if version is not None and (why := no_xen_pv(model.image.bits, version)) is not None:
+        return f"no Xen PV guest in a {model.image.bits}-bit {_short(version)} kernel: {why}"
+    if model.pvops.container is None:
+        return f"cannot resolve the Xen backend: {model.pvops.described}"
+    if model.image.symbols.get("xen_start_kernel") is None:
+        return "the kernel is built without Xen PV support (no xen_start_kernel)"
+    if rules_for(version) is None:
+        return (f"no Xen PV start-up rules for kernel {model.version.short} yet "
+                "(known: 2.6.23–6.12)")
+    if era is not None and era.era.key in LEGACY_ERAS and model.pvops.layout is None:
+        return ("the Xen start-up assignments name pv-op members, and this image has no "
+                "type information (BTF/DWARF) to find them")
+    return None
+
+
+def _short(v: tuple[int, int, int]) -> str:
+    return f"{v[0]}.{v[1]}" + (f".{v[2]}" if v[0] == 2 else "")
+
 
 def resolve(model: KernelModel, vcpus: int) -> Backend:
-    v = model.version
-    era = model.era
-    if era is not None and era.era.key in ("G1", "G2", "G3", "G4"):
-        raise InputError(f"Xen patching of era {era.era.key} ({era.era.versions}: xen_patch / "
-                         "the Xen pv-op tables of that time) is not modelled yet; use "
-                         "--backend native", model.image.path)
-    rules = rules_for((v.major, v.minor) if v.major is not None else None)
-    if rules is None:
-        raise InputError(f"no Xen PV start-up rules for kernel {v.short} yet "
-                         "(known: 5.19–6.12)", model.image.path)
-    if model.image.symbols.get("xen_start_kernel") is None:
-        raise InputError("kernel built without Xen PV support (no xen_start_kernel)",
-                         model.image.path)
-    slots = initial_resolutions(model, "pv_ops initialiser (untouched by Xen)")
+    why = unsupported(model)
+    if why is not None:
+        raise InputError(why, model.image.path)
+    version = rules_version(model)
+    rules = rules_for(version)
+    assert version is not None and rules is not None
+    bits = model.image.bits
+    placement = placement_works(bits, version)
+    container = model.pvops.container.name if model.pvops.container else "pv_ops"
+    slots = initial_resolutions(model, f"{container} initialiser (untouched by Xen)")
     for copy in rules.copies:
         _apply_copy(model, slots, copy)
-    _apply_assigns(model, slots, rules, vcpus)
-    backend = Backend("xen", f"Xen PV guest with {vcpus} vCPU(s); rules {rules.versions}",
-                      slots)
+    _apply_assigns(model, slots, rules, vcpus, version, placement)
+    _apply_unknown(model, slots, rules, vcpus, version)
+    desc = f"Xen PV guest with {vcpus} vCPU(s); rules {rules.versions}"
+    backend = Backend("xen", desc, slots)
+    if rules.patcher != "paravirt_patch":
+        backend.patcher, backend.patcher_reason = _patcher(model, slots, rules)
+        backend.placement = placement
+        backend.description += (f"; patcher {backend.patcher}; vcpu_info placement "
+                                f"{'assumed to work' if placement else 'off in this kernel'}")
     decide_pv_features(model, backend, xenpv=True)
     return backend
 
 
+def _patcher(model: KernelModel, slots: dict[int, Resolution], rules: XenRules
+             ) -> tuple[str, str]:
+    """The patch op as the image's own table leaves it, else what the rules say."""
+    slot = model.pvops.by_name(slot_path(model.pvops.container.name, "init.patch")) \
+        if model.pvops.container else None
+    res = slots.get(slot.index) if slot else None
+    if res is not None and res.name in KNOWN_PATCHERS:
+        return res.name, f"patch slot holds {res.name} ({res.reason})"
+    return rules.patcher, f"{rules.patcher_by} (rules {rules.versions})"
+
+
 def _apply_copy(model: KernelModel, slots: dict[int, Resolution], copy: MemberCopy) -> None:
-    """Copy one member of a Xen op table; its layout matches pv_ops (typeof(pv_ops) or member)."""
+    """Copy one member of a Xen op table; its layout matches the live table's member."""
     image, pvops = model.image, model.pvops
+    assert pvops.container is not None
     table = image.symbols.get(copy.table)
-    member = pvops.layout.field(copy.member) if pvops.layout else None
-    if table is None or member is None:
+    path = member_path(pvops.container.name, copy.member)
+    lay = pvops.layout
+    if lay is not None and not path:
+        span = (0, lay.size)
+    else:
+        member = lay.field(path) if lay else None
+        span = (member.offset, member.size) if member else None
+    if table is None or span is None:
+        if copy.optional:
+            return
         raise InputError(f"cannot resolve the Xen backend: no {copy.table} symbol or no "
-                         f"pv_ops.{copy.member} member", image.path)
-    base = table.value if _is_whole_table(model, table.size) else table.value - member.offset
+                         f"{path or 'op struct'} member in the pv-op table", image.path)
+    offset, size = span
+    base = table.value if _is_whole_table(model, table.size) else table.value - offset
     copied = [(i, res) for i, res in slots.items()
-              if member.offset <= res.slot.offset < member.offset + member.size]
+              if offset <= res.slot.offset < offset + size]
     values = [int.from_bytes(image.read(base + res.slot.offset, image.ptr_size), "little")
               for _i, res in copied]
+    what = f"{copy.table}.{copy.member}" if copy.member else copy.table
     for (i, res), value, name in zip(copied, values, describe_targets(image, values),
                                      strict=True):
-        slots[i] = Resolution(res.slot, value, name,
-                              f"{copy.table}.{copy.member} copied by {copy.by}")
+        slots[i] = Resolution(res.slot, value, name, f"{what} copied by {copy.by}")
 
 
 def _is_whole_table(model: KernelModel, size: int) -> bool:
-    """Is the Xen table a whole typeof(pv_ops) (5.19+) rather than one member struct?
+    """Is the Xen table a whole pv-op struct (2.6.23, 5.19+) rather than one member struct?
 
     With .symtab the symbol size says it exactly. Symbols recovered from kallsyms or a
     System.map have no size (each reaches the next symbol), so there the version decides.
@@ -65,12 +141,24 @@ def _is_whole_table(model: KernelModel, size: int) -> bool:
     return size >= whole if v.major is None else (v.major, v.minor) >= (5, 19)
 
 
+def _applies(a: Assign, bits: int, version: tuple[int, int, int], vcpus: int,
+             placement: bool) -> bool:
+    if bits not in a.bits or not a.span.holds(version):
+        return False
+    if a.when == "vcpus>1":
+        return vcpus > 1
+    if a.when == "placement":
+        return placement
+    return True
+
+
 def _apply_assigns(model: KernelModel, slots: dict[int, Resolution], rules: XenRules,
-                   vcpus: int) -> None:
+                   vcpus: int, version: tuple[int, int, int], placement: bool) -> None:
+    container = model.pvops.container.name if model.pvops.container else ""
     for a in rules.assigns:
-        if a.when == "vcpus>1" and vcpus <= 1:
+        if not _applies(a, model.image.bits, version, vcpus, placement):
             continue
-        slot = model.pvops.by_name(a.slot)
+        slot = model.pvops.by_name(slot_path(container, a.slot))
         if slot is None:
             continue  # the op does not exist in this build
         sym = model.image.symbols.get(a.target)
@@ -79,3 +167,16 @@ def _apply_assigns(model: KernelModel, slots: dict[int, Resolution], rules: XenR
                                            f"{a.by} assigns {a.target}, not in this image")
             continue
         slots[slot.index] = Resolution(slot, sym.value, a.target, a.by)
+
+
+def _apply_unknown(model: KernelModel, slots: dict[int, Resolution], rules: XenRules,
+                   vcpus: int, version: tuple[int, int, int]) -> None:
+    container = model.pvops.container.name if model.pvops.container else ""
+    for u in rules.unknown:
+        if not u.span.holds(version) or (u.when == "vcpus>1" and vcpus <= 1) or \
+                (u.when == "vcpus=1" and vcpus != 1):
+            continue
+        prefix = member_path(container, u.group)
+        for i, res in slots.items():
+            if res.slot.name.startswith(prefix + "."):
+                slots[i] = Resolution(res.slot, None, None, u.why)

@@ -18,7 +18,7 @@ from pvpatch.errors import UsageError
 from pvpatch.kernel.alternatives import read_alternatives
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
-from pvpatch.patch.plan import ERA_5_13_TO_6_7, LEGACY_ERAS, nop_table, plan
+from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_table, plan
 
 PerBackend = Callable[[Context, BackendRun], list[Finding]]
 PER_BACKEND: tuple[tuple[str, PerBackend], ...] = (
@@ -103,15 +103,12 @@ def _usable(model: KernelModel, names: tuple[str, ...], explicit: bool, run: Che
     """The default list must work on any kernel; an explicit one fails loudly instead."""
     if explicit or "xen" not in names:
         return names
-    era = model.era
-    if era is not None and era.era.key in LEGACY_ERAS:
-        run.notes.append(f"xen backend skipped: Xen patching of era {era.era.key} "
-                         f"({era.era.versions}) is not modelled yet")
-        return tuple(n for n in names if n != "xen")
-    if xen.support(model.image).pv:
+    from pvpatch.backends.xen import unsupported
+
+    why = unsupported(model)
+    if why is None:
         return names
-    run.notes.append("xen backend skipped: the kernel is built without Xen PV support "
-                     "(no xen_start_kernel)")
+    run.notes.append(f"xen backend skipped: {why}")
     return tuple(n for n in names if n != "xen")
 
 

@@ -87,6 +87,16 @@ def version_key(v: KernelVersion) -> Version:
     return (v.major or 0, v.minor or 0, sub)
 
 
+def era_version(v: KernelVersion, era: PatchEra) -> tuple[Version, str]:
+    """The version an era's tables are read at: the banner's when it lies in the era, else
+    the era's last release (what the image's own evidence allows at most)."""
+    if era_for_version(v) is era:
+        return version_key(v), f"tables for {v.release} (linux_banner)"
+    last = era.last
+    why = "no linux_banner version" if v.major is None else f"banner {v.short} is outside it"
+    return last, f"tables for {last[0]}.{last[1]}, the era's last ({why})"
+
+
 def detect_era(image: ElfImage, pvops: PvOps, version: KernelVersion) -> EraDetection | None:
     """The era from the image's own evidence, else from the banner (None: no pv at all)."""
     found = _from_image(image, pvops)

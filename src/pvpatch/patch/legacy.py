@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pvpatch.backends import Backend, Resolution
-from pvpatch.kernel.era import BY_KEY, EraDetection, PatchEra, era_for_version, version_key
+from pvpatch.kernel.era import BY_KEY, EraDetection, PatchEra, era_version
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.patch import native_tables as T
@@ -61,13 +61,8 @@ class Step:
 
 
 def patch_version(model: KernelModel, era: PatchEra) -> tuple[T.Version, str]:
-    """The version the in-era tables are read at: the banner's when it agrees with the era."""
-    v = model.version
-    if era_for_version(v) is era:
-        return version_key(v), f"tables for {v.release} (linux_banner)"
-    last = era.last
-    why = "no linux_banner version" if v.major is None else f"banner {v.short} is outside it"
-    return last, f"tables for {last[0]}.{last[1]}, the era's last ({why})"
+    """The version the in-era tables are read at (``kernel.era.era_version``)."""
+    return era_version(model.version, era)
 
 
 def boot_nops(bits: int, version: T.Version, cpu: str = "intel") -> tuple[NopTable, str]:
@@ -107,11 +102,18 @@ def plan_legacy(model: KernelModel, backend: Backend, detection: EraDetection,
     if chosen != nops:
         nop_why = f"{nops.name} NOPs, as asked (the era's default is {chosen.name})"
     patches = [_patch_site(model, backend, rules, s, nops) for s in model.sites.sites]
-    notes = [f"era {rules.era.key} ({rules.era.versions}): {rules.era.dispatcher}; "
+    notes = [f"era {rules.era.key} ({rules.era.versions}): {_dispatcher(rules, backend)}; "
              f"{rules.version_note}", nop_why,
              _clobber_note(rules)]
     return PatchPlan(backend, nops, "ud2", patches, 0, 0, notes, era=rules.era.key,
                      null_patch="ud2")
+
+
+def _dispatcher(rules: Rules, backend: Backend) -> str:
+    if backend.patcher == "native_patch" or rules.era.key == "G1":
+        return rules.era.dispatcher
+    head = rules.era.dispatcher.split(" (")[0]
+    return f"{head} = {backend.patcher} ({backend.patcher_reason})"
 
 
 def _clobber_note(rules: Rules) -> str:
@@ -127,7 +129,7 @@ def _patch_site(model: KernelModel, backend: Backend, rules: Rules, site: Site,
                 nops: NopTable) -> SitePatch:
     before = model.image.read(site.address, site.length)
     step = _g1_patch(rules, site) if rules.era.key == "G1" else \
-        _native_patch(backend, rules, site)
+        _dispatch(model, backend, rules, site)
     sp = SitePatch(site, before, before, step.outcome, step.target, step.target_name,
                    step.reason, problems=step.problems, fatal=step.fatal)
     if step.used is not None:
@@ -149,13 +151,22 @@ def _leaf(site: Site) -> str:
     return site.slot.name.rsplit(".", 1)[-1] if site.slot else ""
 
 
-def _native_patch(backend: Backend, rules: Rules, site: Site) -> Step:
+def _dispatch(model: KernelModel, backend: Backend, rules: Rules, site: Site) -> Step:
+    """The patch op the backend installed: native_patch, xen_patch or paravirt_patch_default."""
     res = backend.resolution(site.type)
     if res is None or res.value is None:
         why = res.reason if res else f"type {site.type} names no slot"
         return Step(None, "unpatched", f"slot value unknown ({why}): not modelled",
                     problems=[f"slot value unknown ({why})"] if res else [])
     op = _leaf(site)
+    if backend.patcher == "xen_patch":
+        return _xen_patch(model, backend, rules, site, res, op)
+    if backend.patcher == "paravirt_patch_default":
+        return _default(rules, site, res, op)
+    return _native_patch(rules, site, res, op)
+
+
+def _native_patch(rules: Rules, site: Site, res: Resolution, op: str) -> Step:
     if rules.era.key == "G2" and T.ZERO_BYTE_SPAN.holds(rules.version) and \
             op in T.ZERO_BYTE_OPS:
         return Step(b"", "nop", f"native_patch: {op} returns its argument in place")
@@ -165,6 +176,47 @@ def _native_patch(backend: Backend, rules: Rules, site: Site) -> Step:
     if ins is not None:
         return _insns(rules, site, ins.code, f"native_patch: {ins.text}", ins.note)
     return _default(rules, site, res, op)
+
+
+# xen_patch() (2.6.23 arch/i386/xen/enlighten.c … 4.13 arch/x86/xen/enlighten_pv.c): these ops
+# are inlined from the template xen_<op>_direct … xen_<op>_direct_end while vcpu_info
+# placement works; xen_<op>_direct_reloc marks a rel32 to re-base (0: none). Removed in 4.14
+# (edcb5cf84f05), after which Xen installs paravirt_patch_default.
+XEN_PATCH_OPS = ("irq_enable", "irq_disable", "save_fl", "restore_fl")
+
+
+def _xen_patch(model: KernelModel, backend: Backend, rules: Rules, site: Site,
+               res: Resolution, op: str) -> Step:
+    """xen_patch(): copy the op's template when it fits, re-basing its one call; else default."""
+    if op not in XEN_PATCH_OPS or not backend.placement:
+        return _default(rules, site, res, op)
+    syms = model.image.symbols
+    name = f"xen_{op}_direct"
+    start, end, reloc = (syms.address(name), syms.address(f"{name}_end"),
+                         syms.address(f"{name}_reloc"))
+    if start is None:
+        return _default(rules, site, res, op)
+    if end is None or reloc is None:
+        why = f"xen_patch: {name} has no _end or _reloc symbol: the template is unknown"
+        return Step(None, "unpatched", why, problems=[why])
+    size = end - start
+    if size > site.length:
+        step = _default(rules, site, res, op)
+        step.reason = f"xen_patch: {name} ({size} bytes) does not fit; {step.reason}"
+        return step
+    word = model.image.ptr_size
+    # insnbuf: the template over the site's own bytes; `long *relocp += start - addr`
+    buf = bytearray(model.image.read(start, size))
+    buf += model.image.read(site.address, site.length)[size:]
+    reason = f"xen_patch: {name} inlined ({size} bytes)"
+    if start < reloc < end:
+        off = reloc - start
+        buf += bytes(max(0, off + word - len(buf)))
+        mask = (1 << (8 * word)) - 1
+        value = int.from_bytes(buf[off:off + word], "little") + (start - site.address)
+        buf[off:off + word] = (value & mask).to_bytes(word, "little")
+        reason += f", its call at +{off - 1:#x} re-based by {start - site.address:#x}"
+    return Step(bytes(buf[:size]), "inline-xen", reason, start, name)
 
 
 def _insns(rules: Rules, site: Site, code: bytes | None, reason: str, note: str = "",

@@ -32,7 +32,8 @@ from pvpatch.patch.nops import NopTable, default_nops
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 
-OUTCOMES = ("direct-call", "direct-jmp", "nop", "inline-native", "ud2", "bug-call", "unpatched")
+OUTCOMES = ("direct-call", "direct-jmp", "nop", "inline-native", "inline-xen", "ud2",
+            "bug-call", "unpatched")
 
 
 @dataclass
