@@ -8,10 +8,26 @@ from pvpatch.errors import InputError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
 
+# CONFIG_XEN_PV depends on X86_64 from Linux 5.9 (arch/x86/xen/Kconfig; "x86/xen: drop
+# 32-bit PV guest support"): a 32-bit kernel of that age is never a Xen PV guest.
+NO_32BIT_PV_FROM = (5, 9)
+
+
+def not_applicable(model: KernelModel) -> str | None:
+    """Why no Xen PV guest can run this image at all (None: it may be one)."""
+    v = model.version
+    if model.image.bits == 32 and (v.major is None or (v.major, v.minor) >= NO_32BIT_PV_FROM):
+        since = " (version unknown)" if v.major is None else f"; this is {v.short}"
+        return f"32-bit Xen PV guests were dropped in Linux 5.9{since}"
+    return None
+
 
 def resolve(model: KernelModel, vcpus: int) -> Backend:
     v = model.version
     era = model.era
+    why_not = not_applicable(model)
+    if why_not:
+        raise InputError(f"the Xen backend does not apply: {why_not}", model.image.path)
     if era is not None and era.era.key in ("G1", "G2", "G3", "G4"):
         raise InputError(f"Xen patching of era {era.era.key} ({era.era.versions}: xen_patch / "
                          "the Xen pv-op tables of that time) is not modelled yet; use "

@@ -103,6 +103,12 @@ def _usable(model: KernelModel, names: tuple[str, ...], explicit: bool, run: Che
     """The default list must work on any kernel; an explicit one fails loudly instead."""
     if explicit or "xen" not in names:
         return names
+    from pvpatch.backends.xen import not_applicable
+
+    why_not = not_applicable(model)
+    if why_not:
+        run.notes.append(f"xen backend skipped: {why_not}")
+        return tuple(n for n in names if n != "xen")
     era = model.era
     if era is not None and era.era.key in LEGACY_ERAS:
         run.notes.append(f"xen backend skipped: Xen patching of era {era.era.key} "
