@@ -82,8 +82,7 @@ def era_for_version(v: KernelVersion) -> PatchEra | None:
 
 def version_key(v: KernelVersion) -> Version:
     """(major, minor, sub): 2.6.x kernels compare by x; later ones by major.minor only."""
-    sub = (v.patch or 0) if v.major == 2 else 0
-    return (v.major or 0, v.minor or 0, sub)
+    return v.key or (v.major or 0, v.minor or 0, 0)
 
 
 def detect_era(image: ElfImage, pvops: PvOps, version: KernelVersion) -> EraDetection | None:

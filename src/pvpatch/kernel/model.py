@@ -16,7 +16,7 @@ from pvpatch.kernel.alternatives import AltTable, read_alternatives
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
 from pvpatch.kernel.pvops import PvOps
-from pvpatch.kernel.sites import SiteTable, read_sites
+from pvpatch.kernel.sites import RecordSet, SiteTable, read_records, read_sites
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
 from pvpatch.types.model import TypeSource
@@ -71,9 +71,13 @@ class KernelModel:
         return read_alternatives(self.image, self.types)
 
     @cached_property
+    def records(self) -> RecordSet | None:
+        """The ``.parainstructions`` records and their layout (None: no such section)."""
+        return read_records(self.image, self.types, self.layout_name, self.version)
+
+    @cached_property
     def sites(self) -> SiteTable:
-        has_para = self.image.section(".parainstructions") is not None
         enum_types = self.era is not None and not self.era.era.type_is_slot
-        return read_sites(self.image, self.types, self.pvops, self.clobber_bits,
-                          self.layout_name, None if has_para else self.alternatives,
+        return read_sites(self.image, self.records, self.pvops, self.clobber_bits,
+                          None if self.records is not None else self.alternatives,
                           enum_types=enum_types)
