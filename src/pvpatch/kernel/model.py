@@ -15,8 +15,9 @@ from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
-from pvpatch.kernel.pvops import PvOps
+from pvpatch.kernel.pvops import PvOps, has_table_symbol
 from pvpatch.kernel.sites import RecordSet, SiteTable, read_records, read_sites
+from pvpatch.kernel.table_base import TableBase, derive_table_base
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
 from pvpatch.types.model import TypeSource
@@ -54,8 +55,19 @@ class KernelModel:
         return load_types(self.image, self.btf_path)
 
     @cached_property
+    def table_base(self) -> TableBase | None:
+        """Only when no symbol names an op table: the address the call sites agree on."""
+        if has_table_symbol(self.image) or self.records is None:
+            return None
+        key = self.version.key
+        if key is not None and key < (4, 20, 0):
+            return TableBase(None, 0, 0, None, f"kernel {self.version.short} keeps its ops in "
+                             "separate globals before 4.20: no single table to derive")
+        return derive_table_base(self.image, self.records.records)
+
+    @cached_property
     def pvops(self) -> PvOps:
-        return PvOps(self.image, self.types)
+        return PvOps(self.image, self.types, self.table_base)
 
     @cached_property
     def era(self) -> EraDetection | None:
