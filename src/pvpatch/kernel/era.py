@@ -113,10 +113,10 @@ def _from_image(image: ElfImage, pvops: PvOps) -> tuple[PatchEra, str] | None:
     if c.name == "paravirt_ops":
         return _paravirt_ops_era(image, pvops)
     lay = pvops.layout
-    if lay is not None:
+    if lay is not None and pvops.type_origin != "builtin":  # a built-in table proves nothing
         if lay.field("init") is not None:
-            return BY_KEY["G4"], f"pv_ops has an init member ({pvops.type_origin})"
-        return BY_KEY["G5"], f"pv_ops has no init member ({pvops.type_origin})"
+            return BY_KEY["G4"], f"pv_ops has an init member ({pvops.type_label})"
+        return BY_KEY["G5"], f"pv_ops has no init member ({pvops.type_label})"
     if has("paravirt_BUG") is not None:
         return BY_KEY["G5"], "pv_ops and the paravirt_BUG symbol"
     if has("native_patch") is not None or has("paravirt_patch_default") is not None:

@@ -13,6 +13,7 @@ from functools import cached_property
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
+from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
 from pvpatch.kernel.pvops import PvOps, has_table_symbol
@@ -66,8 +67,22 @@ class KernelModel:
         return derive_table_base(self.image, self.records.records)
 
     @cached_property
+    def builtin(self) -> BuiltinChoice | None:
+        """With no BTF, DWARF or --btf: the built-in slot table that fits the image, if any."""
+        if self.types is not None:
+            return None
+        base = self.image.symbols.address("pv_ops")
+        if base is None and self.table_base is not None:
+            base = self.table_base.address
+        highest = self.records.highest_type if self.records is not None else None
+        return choose_builtin(self.image, self.version, base, highest)
+
+    @cached_property
     def pvops(self) -> PvOps:
-        return PvOps(self.image, self.types, self.table_base)
+        types = self.types
+        if types is None and self.builtin is not None:
+            types = self.builtin.types
+        return PvOps(self.image, types, self.table_base)
 
     @cached_property
     def era(self) -> EraDetection | None:

@@ -94,7 +94,8 @@ class PvOps:
         self.derived = derived
         self.container, self.layout = self._find(types)
         self.type_origin = types.origin if types and self.layout else None
-        self.type_label = self.type_origin
+        self.type_label = (getattr(types, "label", None) if self.type_origin == "builtin"
+                           else self.type_origin)
         self._targets: dict[int, tuple[int | None, str | None]] = {}
 
     def _find(self, types: TypeSource | None) -> tuple[Container | None, StructLayout | None]:
