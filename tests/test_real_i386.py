@@ -1,7 +1,10 @@
-"""Real-kernel tier: Debian's 32-bit 686-pae debug vmlinux (ELF32, DWARF, no BTF).
+"""Real-kernel tier: Debian's 32-bit 686-pae kernel, debug vmlinux and bootable vmlinuz.
 
-Invariants of a 6.1 i386 kernel built with CONFIG_PARAVIRT but without PARAVIRT_XXL, not this
-image's numbers. Skips loudly when the kernel is not cached (`make fetch`).
+The vmlinux has DWARF but no BTF; the vmlinuz has neither, no .symtab, and kallsyms without
+data symbols (no pv_ops), so its table is found from the call sites and named from the
+built-in "6.1 i386 !XXL" table: both must give the same sites, ops and bytes. Invariants of a
+6.1 i386 kernel without PARAVIRT_XXL, not this image's numbers. Skips loudly when the kernel is
+not cached (`make fetch`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from click.testing import CliRunner
 from conftest import real_kernel
 
 from pvpatch.cli import cli
+from pvpatch.image.elf import ElfImage
 from pvpatch.kernel.model import KernelModel
 
 pytestmark = pytest.mark.realkernel
@@ -91,3 +95,63 @@ def test_xen_is_not_applicable_to_a_32_bit_kernel(path, tmp_path):
     assert r.exit_code == 2
     assert "32-bit Xen PV guests were dropped in Linux 5.9" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- the bootable vmlinuz: no .symtab, no DWARF, no BTF, kallsyms without data symbols ---------
+
+@pytest.fixture(scope="module")
+def vmlinuz() -> str:
+    return str(real_kernel("686-pae", "6.1", "vmlinuz"))
+
+
+def run_json(*args: str) -> dict:
+    r = run(*args)
+    assert r.exit_code in (0, 1), r.stderr
+    return json.loads(r.stdout)
+
+
+def test_vmlinuz_has_no_types_and_no_pv_ops_symbol(vmlinuz):
+    with KernelModel.open(vmlinuz) as m:
+        assert m.types is None and m.image.symbols.source == "kallsyms"
+        assert m.image.symbols.get("pv_ops") is None
+        assert m.pvops.base_origin.startswith("address derived from")
+        assert m.builtin.table is not None and m.builtin.table.name == "6.1 i386 !XXL"
+
+
+def test_vmlinuz_inspect_matches_the_debug_vmlinux(path, vmlinuz):
+    a = run_json("inspect", "--json", "--sites", "--backend", "native", path)
+    b = run_json("inspect", "--json", "--sites", "--backend", "native", vmlinuz)
+    assert b["pv_table"]["types"] == "builtin" and b["pv_table"]["builtin_table"]
+    assert b["input"]["types"].startswith('built-in table "6.1 i386 !XXL" (no BTF/DWARF')
+    assert a["pv_table"]["address"] == b["pv_table"]["address"]
+    assert a["pv_table"]["slots"] == b["pv_table"]["slots"]
+    assert a["patch_era"]["era"] == b["patch_era"]["era"] == "G5"
+    assert {k: v for k, v in a["layout"].items() if k != "detected_from"} == \
+        {k: v for k, v in b["layout"].items() if k != "detected_from"}
+    assert a["ops"] == b["ops"] and a["backend"]["ops"] == b["backend"]["ops"]
+    assert len(a["sites"]) == len(b["sites"]) > 100
+    for x, y in zip(a["sites"], b["sites"], strict=True):
+        assert x == y, (x["address"], {k: (x[k], y[k]) for k in x if x[k] != y[k]})
+
+
+def test_vmlinuz_apply_writes_the_same_bytes(path, vmlinuz, tmp_path):
+    a = run_json("apply", "--json", "--backend", "native", path, "-o", str(tmp_path / "a"))
+    b = run_json("apply", "--json", "--backend", "native", vmlinuz, "-o", str(tmp_path / "b"))
+    assert b["notes"][0].startswith('op names from built-in table "6.1 i386 !XXL"')
+    for k in ("era", "counts", "changed_sites", "ops", "alternatives", "nop_table"):
+        assert a[k] == b[k], k
+    with KernelModel.open(path) as model, ElfImage(tmp_path / "a") as pa, \
+            ElfImage(tmp_path / "b") as pb:
+        for s in model.sites.sites:
+            assert pa.read(s.address, s.length) == pb.read(s.address, s.length), hex(s.address)
+        for name in (".text", ".init.text", ".altinstr_replacement"):
+            sa, sb = pa.section(name), pb.section(name)
+            assert bytes(pa.section_data(sa)) == bytes(pb.section_data(sb)), name
+
+
+def test_vmlinuz_check_passes(vmlinuz):
+    r = run("check", vmlinuz)
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output and 'op names from built-in table "6.1 i386 !XXL"' in r.output
+    r = run("apply", "--backend", "xen", vmlinuz, "--dry-run")
+    assert r.exit_code == 2 and "32-bit Xen PV guests were dropped in Linux 5.9" in r.stderr
