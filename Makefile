@@ -24,11 +24,12 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 	@$(PY) -m compileall -q src > /dev/null
 
-# Fetch Debian's debug kernels into $(CACHE) (outside git): 6.1 and 6.12, cloud and generic, each with
-# its bootable vmlinuz (tests/test_real_vmlinuz.py compares the two). A failure to reach Debian's
-# registry is not fatal here: the real-kernel tests then skip and say why.
+# Fetch Debian's debug kernels into $(CACHE) (outside git): 6.1 and 6.12, cloud and generic, and
+# 6.1's 32-bit 686-pae, each with its bootable vmlinuz (tests/test_real_vmlinuz.py and
+# test_real_i386.py compare the two). A failure to reach Debian's registry is not fatal here:
+# the real-kernel tests then skip and say why.
 fetch:
-	@for f in cloud-amd64 amd64 6.12-cloud-amd64 6.12-amd64; do \
+	@for f in cloud-amd64 amd64 6.12-cloud-amd64 6.12-amd64 686-pae; do \
 	    scripts/fetch-kernel.sh $$f --with-vmlinuz || echo "make fetch: could not fetch the $$f kernel (see above); real-kernel tests will skip" >&2; \
 	done
 

@@ -62,15 +62,21 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
         if as_json:
             doc = inspect_dict(model, sites, be, with_sites=list_sites)
             doc["input"] = describe_input(model.image)
-            doc["input"]["types"] = describe_types(model.types, btf)
+            doc["input"]["types"] = model_types(model, btf)
             click.echo(json.dumps(doc))
             return
         head, _, rest = render_summary(model, sites, be).partition("\n")
         click.echo("\n".join([head, f"  input     {input_line(model.image)}",
-                              f"  types     {describe_types(model.types, btf)}", rest]))
+                              f"  types     {model_types(model, btf)}", rest]))
         if list_sites:
             click.echo("")
             click.echo(render_sites(model, sites))
+
+
+def model_types(model: KernelModel, btf: str | None) -> str:
+    b = model.builtin
+    return describe_types(model.types, btf, b.described if b else None,
+                          b.detail if b and b.table else None)
 
 
 def select(sites: list[Site], ops: tuple[str, ...], functions: tuple[str, ...]) -> list[Site]:

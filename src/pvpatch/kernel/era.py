@@ -83,8 +83,7 @@ def era_for_version(v: KernelVersion) -> PatchEra | None:
 
 def version_key(v: KernelVersion) -> Version:
     """(major, minor, sub): 2.6.x kernels compare by x; later ones by major.minor only."""
-    sub = (v.patch or 0) if v.major == 2 else 0
-    return (v.major or 0, v.minor or 0, sub)
+    return v.key or (v.major or 0, v.minor or 0, 0)
 
 
 def era_version(v: KernelVersion, era: PatchEra) -> tuple[Version, str]:
@@ -125,10 +124,10 @@ def _from_image(image: ElfImage, pvops: PvOps) -> tuple[PatchEra, str] | None:
     if c.name == "paravirt_ops":
         return _paravirt_ops_era(image, pvops)
     lay = pvops.layout
-    if lay is not None:
+    if lay is not None and pvops.type_origin != "builtin":  # a built-in table proves nothing
         if lay.field("init") is not None:
-            return BY_KEY["G4"], f"pv_ops has an init member ({pvops.type_origin})"
-        return BY_KEY["G5"], f"pv_ops has no init member ({pvops.type_origin})"
+            return BY_KEY["G4"], f"pv_ops has an init member ({pvops.type_label})"
+        return BY_KEY["G5"], f"pv_ops has no init member ({pvops.type_label})"
     if has("paravirt_BUG") is not None:
         return BY_KEY["G5"], "pv_ops and the paravirt_BUG symbol"
     if has("native_patch") is not None or has("paravirt_patch_default") is not None:

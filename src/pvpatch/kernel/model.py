@@ -13,10 +13,12 @@ from functools import cached_property
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
+from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
-from pvpatch.kernel.pvops import PvOps
-from pvpatch.kernel.sites import SiteTable, read_sites
+from pvpatch.kernel.pvops import PvOps, has_table_symbol
+from pvpatch.kernel.sites import RecordSet, SiteTable, read_records, read_sites
+from pvpatch.kernel.table_base import TableBase, derive_table_base
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
 from pvpatch.types.model import TypeSource
@@ -54,8 +56,33 @@ class KernelModel:
         return load_types(self.image, self.btf_path)
 
     @cached_property
+    def table_base(self) -> TableBase | None:
+        """Only when no symbol names an op table: the address the call sites agree on."""
+        if has_table_symbol(self.image) or self.records is None:
+            return None
+        key = self.version.key
+        if key is not None and key < (4, 20, 0):
+            return TableBase(None, 0, 0, None, f"kernel {self.version.short} keeps its ops in "
+                             "separate globals before 4.20: no single table to derive")
+        return derive_table_base(self.image, self.records.records)
+
+    @cached_property
+    def builtin(self) -> BuiltinChoice | None:
+        """With no BTF, DWARF or --btf: the built-in slot table that fits the image, if any."""
+        if self.types is not None:
+            return None
+        base = self.image.symbols.address("pv_ops")
+        if base is None and self.table_base is not None:
+            base = self.table_base.address
+        highest = self.records.highest_type if self.records is not None else None
+        return choose_builtin(self.image, self.version, base, highest)
+
+    @cached_property
     def pvops(self) -> PvOps:
-        return PvOps(self.image, self.types)
+        types = self.types
+        if types is None and self.builtin is not None:
+            types = self.builtin.types
+        return PvOps(self.image, types, self.table_base)
 
     @cached_property
     def era(self) -> EraDetection | None:
@@ -71,9 +98,13 @@ class KernelModel:
         return read_alternatives(self.image, self.types)
 
     @cached_property
+    def records(self) -> RecordSet | None:
+        """The ``.parainstructions`` records and their layout (None: no such section)."""
+        return read_records(self.image, self.types, self.layout_name, self.version)
+
+    @cached_property
     def sites(self) -> SiteTable:
-        has_para = self.image.section(".parainstructions") is not None
         enum_types = self.era is not None and not self.era.era.type_is_slot
-        return read_sites(self.image, self.types, self.pvops, self.clobber_bits,
-                          self.layout_name, None if has_para else self.alternatives,
+        return read_sites(self.image, self.records, self.pvops, self.clobber_bits,
+                          None if self.records is not None else self.alternatives,
                           enum_types=enum_types)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pvpatch.image.elf import ElfImage
+from pvpatch.kernel.table_base import TableBase
 from pvpatch.types.model import StructLayout, TypeSource
 
 
@@ -34,6 +35,10 @@ ERAS = (
     Container("paravirt_ops", "2.6.20–2.6.23", "paravirt_ops", "single", "paravirt_ops"),
 )
 
+# 4.20+ when no symbol names the table (kallsyms without data symbols): the one global whose
+# address the call sites imply (kernel.table_base).
+DERIVED = Container("pv_ops", "4.20+", "paravirt_patch_template", "single", None)
+
 # 2.6.24–4.19: the members of struct paravirt_patch_template in order; each is also a global of
 # that name. pv_apic_ops existed 2.6.24 to about 4.4, pv_lock_ops from 2.6.27 (fact sheet §2.2);
 # an absent global is simply skipped, so one list serves the whole range.
@@ -45,6 +50,13 @@ MAX_SLOTS = 256
 
 # Wrapper structs that hold one function pointer; the slot is named after the wrapper member.
 CALLEE_SAVE_WRAPPERS = {"paravirt_callee_save"}
+
+
+def has_table_symbol(image: ElfImage) -> bool:
+    """Does any era's op-table symbol exist (pv_ops, pv_cpu_ops, paravirt_ops)?"""
+    syms = image.symbols
+    return any(syms.get(e.symbol if e.storage == "single" else "pv_cpu_ops") is not None
+               for e in ERAS if e.symbol or e.storage == "per-member")
 
 
 @dataclass(frozen=True)
@@ -73,11 +85,17 @@ def _wrapper_paths(layout: StructLayout, prefix: str = "") -> set[str]:
 class PvOps:
     """The slots of one image's pv-op table and their initial (native) values."""
 
-    def __init__(self, image: ElfImage, types: TypeSource | None) -> None:
+    def __init__(self, image: ElfImage, types: TypeSource | None,
+                 derived: TableBase | None = None) -> None:
+        """``derived``: the table address the call sites imply, used when no symbol names
+        the table (see :func:`pvpatch.kernel.table_base.derive_table_base`)."""
         self.image = image
         self.ptr = image.ptr_size
+        self.derived = derived
         self.container, self.layout = self._find(types)
         self.type_origin = types.origin if types and self.layout else None
+        self.type_label = (getattr(types, "label", None) if self.type_origin == "builtin"
+                           else self.type_origin)
         self._targets: dict[int, tuple[int | None, str | None]] = {}
 
     def _find(self, types: TypeSource | None) -> tuple[Container | None, StructLayout | None]:
@@ -89,14 +107,42 @@ class PvOps:
                 continue
             layout = types.struct(era.template_type) if types else None
             return era, layout
+        if self.derived is not None and self.derived.address is not None:
+            return DERIVED, types.struct(DERIVED.template_type) if types else None
         return None, None
+
+    @property
+    def base(self) -> int | None:
+        """Address of a single table: its symbol's, or the one its call sites imply."""
+        if self.container is None or self.container.storage != "single":
+            return None
+        if self.container.symbol is None:
+            return self.derived.address if self.derived else None
+        return self.image.symbols.address(self.container.symbol)
+
+    @property
+    def base_origin(self) -> str | None:
+        """Where :attr:`base` comes from, for reports."""
+        if self.base is None:
+            return None
+        if self.container is DERIVED and self.derived is not None:
+            return self.derived.described
+        return f"symbol {self.container.symbol}"
 
     @property
     def described(self) -> str:
         if self.container is None:
-            return "no pv-op table found"
-        how = f"layout from {self.type_origin}" if self.layout else "no type information"
-        return f"{self.container.name} ({self.container.versions}; {how})"
+            why = f" ({self.derived.reason})" if self.derived and self.derived.reason else ""
+            return f"no pv-op table found{why}"
+        if self.layout is not None:
+            how = f"layout from {self.type_label}"
+        elif self.container is DERIVED:
+            how = "no type information: slots up to the highest type a site uses"
+        else:
+            how = "no type information"
+        where = f"; {self.derived.described}" if self.container is DERIVED and self.derived \
+            else ""
+        return f"{self.container.name} ({self.container.versions}{where}; {how})"
 
     @cached_property
     def slots(self) -> dict[int, Slot]:
@@ -121,7 +167,7 @@ class PvOps:
         syms = self.image.symbols
         assert self.container is not None
         if self.container.storage == "single":
-            base = syms.address(self.container.symbol or "")
+            base = self.base
             return None if base is None else base + offset
         member = path.split(".", 1)[0]
         field = self.layout.field(member) if self.layout else None
@@ -139,6 +185,8 @@ class PvOps:
         assert self.container is not None
         if self.container.storage == "per-member":
             return self._untyped_split_slots()
+        if self.container is DERIVED:
+            return self._untyped_derived_slots()
         sym = self.image.symbols.get(self.container.symbol or "")
         if sym is None or not sym.size:
             return {}
@@ -148,6 +196,15 @@ class PvOps:
         count = min(sym.size // self.ptr, MAX_SLOTS)
         return {i: Slot(i, i * self.ptr, f"{sym.name}+{i * self.ptr:#x}", sym.value + i * self.ptr,
                         True) for i in range(count)}
+
+    def _untyped_derived_slots(self) -> dict[int, Slot]:
+        """No symbol and no types: as many slots as the highest type a site uses, + 1 (the
+        table may be longer; nothing in the image says by how much)."""
+        d = self.derived
+        assert d is not None and d.address is not None and d.highest_type is not None
+        name = self.container.name if self.container else "table"
+        return {i: Slot(i, i * self.ptr, f"{name}+{i * self.ptr:#x}", d.address + i * self.ptr,
+                        True) for i in range(min(d.highest_type + 1, MAX_SLOTS))}
 
     def _untyped_split_slots(self) -> dict[int, Slot]:
         """2.6.24–4.19 without types: the template is the pv_*_ops globals back to back, each

@@ -19,6 +19,7 @@ from pvpatch.kernel.clobbers import ClobberBits
 from pvpatch.kernel.era import G1_TYPES
 from pvpatch.kernel.pvops import PvOps, Slot
 from pvpatch.kernel.records import KNOWN_STRIDES, RecordLayout, layouts_for
+from pvpatch.kernel.version import KernelVersion
 from pvpatch.types.model import TypeSource
 
 SECTION = ".parainstructions"
@@ -72,28 +73,52 @@ class SiteTable:
     origin: str = SECTION  # where the sites are recorded
 
 
-def read_sites(image: ElfImage, types: TypeSource | None, pvops: PvOps,
-               clobber_bits: ClobberBits, layout_name: str | None = None,
-               alternatives: AltTable | None = None, enum_types: bool = False) -> SiteTable:
+@dataclass
+class RecordSet:
+    """The ``.parainstructions`` records as stored, before any slot is looked up."""
+
+    layout: RecordLayout
+    layout_reason: str
+    records: list[Site]  # address, type, length, clobbers only
+    section: Section
+
+    @property
+    def highest_type(self) -> int | None:
+        return max((r.type for r in self.records), default=None)
+
+
+def read_records(image: ElfImage, types: TypeSource | None, layout_name: str | None = None,
+                 version: KernelVersion | None = None) -> RecordSet | None:
+    """The records and their layout (None: no ``.parainstructions``, e.g. 6.8+)."""
+    sec = image.section(SECTION)
+    if sec is None or not sec.size:
+        return None
+    raw = image.section_data(sec)
+    layout, reason = choose_layout(image, raw, types, layout_name, version)
+    return RecordSet(layout, reason, _records(raw, layout), sec)
+
+
+def read_sites(image: ElfImage, records: RecordSet | None, pvops: PvOps,
+               clobber_bits: ClobberBits, alternatives: AltTable | None = None,
+               enum_types: bool = False) -> SiteTable:
     """All sites of the image, decoded and cross-checked.
 
     Up to 6.7 they are the ``.parainstructions`` records; from 6.8 that table is gone and
     every pv call is an ``.altinstructions`` entry flagged ALT_FLAG_DIRECT_CALL. With
     ``enum_types`` (2.6.20–21) the type byte names an op, not a slot: the call says the slot.
     """
-    sec = image.section(SECTION)
-    if sec is None or not sec.size:
+    if records is None:
         if alternatives is not None and any(e.direct_call for e in alternatives.entries):
             return _direct_call_sites(image, pvops, alternatives)
         return SiteTable(None, f"no {SECTION} section and no ALT_FLAG_DIRECT_CALL "
-                         "alternatives (built without CONFIG_PARAVIRT?)", [], sec)
-    raw = image.section_data(sec)
-    layout, reason = choose_layout(image, raw, types, layout_name)
-    sites = [_decode_site(image, s, pvops, enum_types=enum_types) for s in _records(raw, layout)]
+                         "alternatives (built without CONFIG_PARAVIRT?)", [],
+                         image.section(SECTION))
+    sites = [_decode_site(image, Site(r.index, r.address, r.type, r.length, r.clobbers), pvops,
+                          enum_types=enum_types) for r in records.records]
     for s in sites:
         if s.clobbers is not None:
             s.problems.extend(_check_clobber_bits(s.clobbers, clobber_bits))
-    return SiteTable(layout, reason, sites, sec)
+    return SiteTable(records.layout, records.layout_reason, sites, records.section)
 
 
 def _direct_call_sites(image: ElfImage, pvops: PvOps, alts: AltTable) -> SiteTable:
@@ -134,7 +159,8 @@ def _fits(size: int, layout: RecordLayout) -> bool:
 
 
 def choose_layout(image: ElfImage, raw: memoryview, types: TypeSource | None,
-                  forced: str | None = None) -> tuple[RecordLayout, str]:
+                  forced: str | None = None, version: KernelVersion | None = None
+                  ) -> tuple[RecordLayout, str]:
     candidates = layouts_for(image.bits)
     size = len(raw)
     if forced:
@@ -152,7 +178,7 @@ def choose_layout(image: ElfImage, raw: memoryview, types: TypeSource | None,
     struct = types.struct("paravirt_patch_site") if types else None
     if struct is not None:
         return _from_type(image, raw, struct, fitting, types.origin)
-    return _by_validation(image, raw, fitting)
+    return _by_validation(image, raw, fitting, version)
 
 
 def _from_type(image: ElfImage, raw: memoryview, struct, fitting: list[RecordLayout],
@@ -194,24 +220,45 @@ def _clobber_words_written(raw: memoryview, layout: RecordLayout) -> bool:
                for i in range(0, len(raw) - layout.min_record + 1, layout.stride))
 
 
-def _by_validation(image: ElfImage, raw: memoryview, fitting: list[RecordLayout]
-                   ) -> tuple[RecordLayout, str]:
+def _by_validation(image: ElfImage, raw: memoryview, fitting: list[RecordLayout],
+                   version: KernelVersion | None = None) -> tuple[RecordLayout, str]:
+    """Without types: the first layout whose records all point at pv call code; then the
+    variant of that record size (they differ only in the clobber word) that the bytes allow
+    and the kernel version names."""
     failures = []
     for cand in fitting:
         bad = _first_invalid(image, _records(raw, cand))
         if bad is None:
-            layout = cand
-            if cand.clobbers_off is not None and not _clobber_words_written(raw, cand):
-                bare = [c for c in fitting if c.clobbers_off is None and c.stride == cand.stride]
-                layout = bare[0] if bare else cand
-            elif cand.clobbers_used and image.symbols.get("pv_ops") is not None:
-                stale = [c for c in fitting if c.clobbers_off is not None and
-                         not c.clobbers_used and c.stride == cand.stride]
-                layout = stale[0] if stale else cand
-            return layout, "no type information: every record validated against the code"
+            same = [c for c in fitting if c.stride == cand.stride]
+            return _variant(image, raw, same, version)
         failures.append(f"{cand.name}: {bad}")
     raise InputError(f"{SECTION}: no record layout validates ({'; '.join(failures)})",
                      image.path)
+
+
+def _variant(image: ElfImage, raw: memoryview, same: list[RecordLayout],
+             version: KernelVersion | None) -> tuple[RecordLayout, str]:
+    """Bytes first: all-zero clobber words mean there are none (6.2+). Then the version: the
+    kernel reads the words up to 4.19 and ignores them 4.20–6.1, which no byte shows. With
+    no version, a pv_ops symbol (4.20+) says they are stale."""
+    why = "no type information: every record validated against the code"
+    worded = [c for c in same if c.clobbers_off is not None]
+    written = bool(worded) and _clobber_words_written(raw, worded[0])
+    allowed = [c for c in same if (c.clobbers_off is not None) == written] or same
+    key = version.key if version is not None else None
+    if key is not None:
+        named = [c for c in allowed if c.holds(key)]
+        if named:
+            return named[0], f"{why}; kernel {version.short} names the variant"
+        said = next((c.name for c in same if c.holds(key)), None)
+        if said is not None:
+            why += (f"; kernel {version.short} would mean {said}, but the clobber words are "
+                    + ("written" if written else "all zero"))
+        stale = key >= (4, 20, 0)
+    else:
+        stale = image.symbols.get("pv_ops") is not None
+    pick = [c for c in allowed if c.clobbers_off is None or c.clobbers_used != stale] or allowed
+    return pick[0], why
 
 
 def _first_invalid(image: ElfImage, records: list[Site]) -> str | None:

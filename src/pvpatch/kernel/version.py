@@ -34,6 +34,13 @@ class KernelVersion:
         return " ".join(found[-1]) if found else None
 
     @property
+    def key(self) -> tuple[int, int, int] | None:
+        """(major, minor, sub): 2.6.x kernels compare by x; later ones by major.minor only."""
+        if self.major is None or self.minor is None:
+            return None
+        return (self.major, self.minor, (self.patch or 0) if self.major == 2 else 0)
+
+    @property
     def short(self) -> str:
         if self.major is None:
             return "unknown"

@@ -64,8 +64,31 @@ class ClobberAnalyzer:
     def _inline_code(self, code: bytes, address: int) -> Clobbers:
         written: set[str] = set()
         for insn in self._md.disasm(code, address):
-            written |= self._writes(insn)
+            if not self._keeps_value(insn):
+                written |= self._writes(insn)
         return Clobbers(frozenset(written - {"rsp"}), "inline code")
+
+    def _keeps_value(self, insn: capstone.CsInsn) -> bool:
+        """A register "written" with its own value: the 32-bit NOPs of nops.h (GENERIC, K7:
+        ``mov %esi,%esi``, ``lea 0(%esi,%eiz,1),%esi``, ``lea 0(,%eax,1),%eax``) and the
+        same forms on 64-bit registers.
+
+        Only at the mode's full register width: on x86-64 ``mov %esi,%esi`` zero-extends rsi.
+        """
+        if insn.id not in (X.X86_INS_MOV, X.X86_INS_LEA) or len(insn.operands) != 2:
+            return False
+        dst, src = insn.operands
+        if dst.type != X.X86_OP_REG or dst.size * 8 != self.bits:
+            return False
+        if insn.id == X.X86_INS_MOV:
+            return src.type == X.X86_OP_REG and src.reg == dst.reg
+        if src.type != X.X86_OP_MEM or src.mem.disp:
+            return False
+        base, index = src.mem.base, src.mem.index
+        if index in (X.X86_REG_EIZ, X.X86_REG_RIZ):
+            index = 0
+        return (base, index) == (dst.reg, 0) or \
+            ((base, index) == (0, dst.reg) and src.mem.scale == 1)  # K7: lea 0(,%eax,1),%eax
 
     def _writes(self, insn: capstone.CsInsn) -> set[str]:
         try:

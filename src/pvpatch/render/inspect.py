@@ -80,7 +80,12 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "patch_era": _era_dict(model),
         "pv_table": {"container": model.pvops.described,
                      "slots": len(model.pvops.slots),
-                     "types": model.types.origin if model.types else None},
+                     "types": model.types.origin if model.types else
+                     ("builtin" if model.builtin and model.builtin.table else None),
+                     "builtin_table": model.builtin.table.name
+                     if model.builtin and model.builtin.table else None,
+                     "address": _hex(model.pvops.base),
+                     "address_from": model.pvops.base_origin},
         "layout": None if lay is None else {
             "name": lay.name, "versions": lay.versions, "record_size": lay.stride,
             "clobbers": ("used" if lay.clobbers_used else "stale")

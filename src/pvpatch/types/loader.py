@@ -50,11 +50,19 @@ def load_btf_file(path: str, ptr_size: int = 8) -> BtfTypes:
     return BtfTypes(data, path, ptr_size=ptr_size)  # checks the header and type section
 
 
-def describe_types(types: TypeSource | None, btf_path: str | None) -> str:
-    """Where the struct layouts come from, or what to do when there are none."""
+def describe_types(types: TypeSource | None, btf_path: str | None,
+                   builtin: str | None = None, builtin_detail: str | None = None) -> str:
+    """Where the struct layouts come from, or what to do when there are none.
+
+    ``builtin``: what the built-in table choice says (``pvpatch.kernel.builtin_choice``);
+    ``builtin_detail`` only when a table was chosen."""
+    hint = "pass --btf FILE (e.g. /sys/kernel/btf/vmlinux of the same kernel)"
+    if types is None and builtin_detail:
+        return f"{builtin} (no BTF/DWARF in the image): {builtin_detail}"
     if types is None:
-        return ("no type information (no .BTF, no DWARF): pv ops are named by offset; pass "
-                "--btf FILE (e.g. /sys/kernel/btf/vmlinux of the same kernel)")
+        tried = f"; {builtin}" if builtin else ""
+        return (f"no type information (no .BTF, no DWARF){tried}: pv ops are named by offset; "
+                f"{hint}")
     if btf_path is not None:
         return f"BTF from {btf_path}"
     return ".BTF of the image" if types.origin == "btf" else "DWARF of the image"

@@ -1,0 +1,94 @@
+"""Which built-in slot table (if any) fits an image that has no BTF and no DWARF.
+
+A table is used only when every fact the image offers agrees with it: the kernel series
+(build-salt note or banner), the word size, the highest type byte a site uses, a section that
+holds the whole table, and — the plausibility check — the image's own pv_ops initialiser,
+whose slot values must be the functions the table's source kernel had there (slot
+``cpu.io_delay`` → ``native_io_delay``). Anything less and the slots stay named by offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pvpatch.image.elf import ElfImage
+from pvpatch.kernel.version import KernelVersion
+from pvpatch.types.builtin import BuiltinTable, BuiltinTypes, tables
+
+# Share of slots whose initial value must name the function the table expects. Most slots
+# of a 6.1.y or 6.12.y kernel hold the same native function throughout the series.
+PLAUSIBLE = 0.75
+
+
+@dataclass
+class BuiltinChoice:
+    table: BuiltinTable | None
+    matched: int = 0  # slots whose value names the expected function
+    refusals: list[str] = field(default_factory=list)  # why each other table does not fit
+
+    @property
+    def types(self) -> BuiltinTypes | None:
+        return BuiltinTypes(self.table) if self.table else None
+
+    @property
+    def described(self) -> str:
+        if self.table is None:
+            return "no built-in table fits (" + "; ".join(self.refusals) + ")"
+        return (f'built-in table "{self.table.name}"')
+
+    @property
+    def detail(self) -> str:
+        """The chosen table's provenance and how well the image's initialiser agrees."""
+        if self.table is None:
+            return self.described
+        return (f"{self.table.config}; read from {self.table.source}; {self.matched} of "
+                f"{len(self.table.slots)} slot values agree")
+
+
+def choose_builtin(image: ElfImage, version: KernelVersion, base: int | None,
+                   highest_type: int | None,
+                   candidates: tuple[BuiltinTable, ...] | None = None) -> BuiltinChoice:
+    """The best-fitting table, or none with a reason per table."""
+    candidates = tables() if candidates is None else candidates
+    if base is None:
+        return BuiltinChoice(None, refusals=["the pv-op table's address is unknown"])
+    refusals = []
+    best: tuple[int, BuiltinTable] | None = None
+    for t in candidates:
+        why, matched = _misfit(image, version, base, highest_type, t)
+        if why:
+            refusals.append(f"{t.name}: {why}")
+        elif best is None or matched * len(best[1].slots) > best[0] * len(t.slots):
+            best = (matched, t)
+    if best is None:
+        return BuiltinChoice(None, refusals=refusals or ["no tables"])
+    return BuiltinChoice(best[1], best[0], refusals)
+
+
+def _misfit(image: ElfImage, version: KernelVersion, base: int, highest_type: int | None,
+            t: BuiltinTable) -> tuple[str | None, int]:
+    if t.bits != image.bits:
+        return f"for {t.bits}-bit kernels, the image is {image.bits}-bit", 0
+    if version.major is None:
+        return "the kernel version is unknown", 0
+    if (version.major, version.minor) != t.series:
+        return f"for {t.series[0]}.{t.series[1]}, the image is {version.short}", 0
+    if highest_type is not None and highest_type >= len(t.slots):
+        return f"{len(t.slots)} slots, but a site uses type {highest_type}", 0
+    if image.section_at(base, t.size) is None:
+        return f"no section holds its {t.size} bytes at {base:#x}", 0
+    ptr = t.ptr_size
+    raw = image.try_read(base, t.size)
+    if raw is None:
+        return f"no file bytes at {base:#x}", 0
+    values = [int.from_bytes(raw[i:i + ptr], "little") for i in range(0, t.size, ptr)]
+    names = image.symbols.names_at({v for v in values if v})
+    actual = ["NULL" if v == 0 else names.get(v, f"{v:#x}") for v in values]
+    wrong = [(slot, want, got) for (slot, want), got in zip(t.slots, actual, strict=True)
+             if want != got]
+    matched = len(t.slots) - len(wrong)
+    if matched < PLAUSIBLE * len(t.slots):
+        slot, want, got = wrong[0]
+        return (f"only {matched} of {len(t.slots)} slot values are the functions it names "
+                f"(e.g. {slot} holds {got}, not {want})"), matched
+    return None, matched
