@@ -82,6 +82,8 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     (Xen PV on a kernel built without it) is skipped with a note instead of an error."""
     ctx = Context(model, read_alternatives(model.image, model.types))
     run = CheckRun(model.image.path, model.version.release, [])
+    if model.builtin is not None and model.builtin.table is not None:
+        run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
     _image_suites(ctx, run)
     run.checked.update(sites=len(model.sites.sites), pv_alternatives=len(ctx.pv_alternatives))
     wanted = _usable(model, names, explicit, run)
