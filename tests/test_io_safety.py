@@ -159,3 +159,18 @@ def test_preallocation_is_optional_but_reports_a_full_disk(tmp_path, monkeypatch
     monkeypatch.setattr(writer, "_libc", lambda: FakeLibc(errno.ENOSPC))
     with pytest.raises(OSError, match="No space left"):
         writer._copy(str(src), str(dst))
+
+
+def test_an_earlier_output_is_removed_when_writing_starts(kernel, tmp_path):
+    """Like ld: a failed run leaves no stale output that looks current; a good one leaves
+    the new, verified file. A directory in the way is a usage error, never removed."""
+    out = tmp_path / "out"
+    out.write_bytes(b"an older build's output")
+    with pytest.raises(RuntimeError), PatchedCopy(str(kernel), str(out)):
+        raise RuntimeError("planning failed")  # the copy (which removes it) had started
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert run("apply", str(kernel), "-o", str(out)).returncode == 0
+    assert out.read_bytes() != b"an older build's output" and leftovers(tmp_path) == []
+    (tmp_path / "adir").mkdir()
+    r = run("apply", str(kernel), "-o", str(tmp_path / "adir"))
+    assert r.returncode == 2 and "is a directory" in r.stderr and (tmp_path / "adir").is_dir()

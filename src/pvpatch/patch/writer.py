@@ -55,6 +55,12 @@ class PatchedCopy:
     The copy starts at once in a background thread (the kernel does the work, so it runs
     while the patch plan is computed) into a temporary file in ``dst``'s folder. Leaving the
     ``with`` block without :meth:`commit` — an error, Ctrl-C, SIGTERM — removes the file.
+
+    An existing ``dst`` (not with ``in_place``) is removed when the copy starts, as ``ld``
+    does with its output: a failed run leaves no stale output that looks current (what
+    make's .DELETE_ON_ERROR asks for), and the new file can reuse the blocks just freed —
+    on this project's ext4 (online discard) a new 600 MB file written while the old one still
+    holds its blocks took 1.4–3.5 s instead of 0.3–0.7 s (measured with cp as well).
     """
 
     def __init__(self, src: str, dst: str, in_place: bool = False, *,
@@ -66,7 +72,7 @@ class PatchedCopy:
                              "vmlinux; write the result elsewhere with -o")
         if not in_place and _same_file(src, dst):
             raise UsageError(f"output {dst} is the input; use --in-place to replace it")
-        self.src, self.dst, self.data = src, dst, data
+        self.src, self.dst, self.data, self.in_place = src, dst, data, in_place
         self.folder = os.path.dirname(os.path.abspath(dst)) or "."
         self.tmp = ""
         self._error: BaseException | None = None
@@ -75,6 +81,8 @@ class PatchedCopy:
 
     def _copy(self) -> None:
         try:
+            if not self.in_place:  # freeing 600 MB of blocks takes a while: not on the main thread
+                _remove_stale(self.dst)
             if self.data is None:
                 _copy(self.src, self.tmp)
             else:
@@ -89,6 +97,8 @@ class PatchedCopy:
         # leave the file behind. Any failure from here on removes it.
         self._cleanup.__enter__()
         try:
+            if not self.in_place and os.path.isdir(self.dst) and not os.path.islink(self.dst):
+                raise UsageError(f"output {self.dst} is a directory")
             with _signals_held():
                 fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp",
                                                 dir=self.folder)
@@ -122,6 +132,16 @@ class PatchedCopy:
             raise UsageError(f"cannot write {self.dst}: {e.strerror}") from None
         verify(self.src if self.data is None else self.data, self.tmp, pokes)
         os.replace(self.tmp, self.dst)
+
+
+def _remove_stale(dst: str) -> None:
+    """Remove an earlier output file (or a symlink standing where the output goes)."""
+    try:
+        os.unlink(dst)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise UsageError(f"cannot replace {dst}: {e.strerror}") from None
 
 
 def _write(data: Buffer, dst: str) -> None:
