@@ -99,8 +99,8 @@ _QSPINLOCK = (
 )
 
 XEN_5_13_TO_6_12 = XenRules(
-    versions="5.13–6.12 (read in Debian 6.1.192 and 6.12.117; 5.13–5.18 bracketed by S5.14, "
-             "S5.15 and S5.19, where the tables are typed struct pv_*_ops)",
+    versions="5.13–6.12 (read in Debian 6.1.192 and 6.12.117; 5.13–5.18 from the 5.14, 5.15 "
+             "and 5.19 sources)",
     span=vr("5.13", "6.12"),
     copies=(
         MemberCopy("cpu", "xen_cpu_ops", "xen_start_kernel"),
@@ -214,7 +214,7 @@ _DEFAULT_PATCH = Assign("init.patch", "paravirt_patch_default",
                         "(edcb5cf84f05, 4.14)")
 
 XEN_4_14_TO_4_19 = XenRules(
-    versions="4.14–4.19 (struct copies; xen_patch removed by edcb5cf84f05; S4.14, S4.19)",
+    versions="4.14–4.19 (struct copies; xen_patch removed by edcb5cf84f05; read in 4.14, 4.19)",
     span=vr("4.14", "4.19"),
     copies=tuple(c for c in _G3_COPIES if c.member != "init"),
     assigns=(_DEFAULT_PATCH, *_OLD_PIECEMEAL),
@@ -223,7 +223,7 @@ XEN_4_14_TO_4_19 = XenRules(
 )
 
 XEN_4_20_TO_5_12 = XenRules(
-    versions="4.20–5.12 (pv_ops.cpu = xen_cpu_ops …; S4.20, S5.12)",
+    versions="4.20–5.12 (pv_ops.cpu = xen_cpu_ops …; read in 4.20, 5.12)",
     span=vr("4.20", "5.12"),
     copies=tuple(c for c in _G3_COPIES if c.member not in ("init", "apic")),
     assigns=(Assign("init.patch", "paravirt_patch_default",
