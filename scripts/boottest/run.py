@@ -34,7 +34,7 @@ PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64
         # (docs/boot-test.md)
         ("rt-amd64", "native"), ("6.12-rt-amd64", "native"),
         # 32-bit x86 (ELF32, 8-byte records, i386 NOPs); 32-bit Xen PV left Linux in 5.9
-        ("686-pae", "native"))
+        ("686-pae", "native"), ("686", "native"))
 
 
 def apply_available(pvpatch: str) -> bool:
