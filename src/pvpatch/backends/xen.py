@@ -20,11 +20,10 @@ from pvpatch.backends.xen_rules import (
     slot_path,
 )
 from pvpatch.errors import InputError
-from pvpatch.kernel.era import era_version, version_key
+from pvpatch.kernel.era import LEGACY_ERAS, era_version, version_key
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
 
-LEGACY_ERAS = ("G1", "G2", "G3", "G4")
 KNOWN_PATCHERS = ("xen_patch", "paravirt_patch_default", "native_patch")
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding, finding
-from pvpatch.patch.plan import LEGACY_ERAS, call_rel32
+from pvpatch.kernel.era import LEGACY_ERAS
+from pvpatch.patch.plan import call_rel32
 
 CALL_LEN = len(call_rel32(0, 0))
 

@@ -15,7 +15,6 @@ from pvpatch.checks import alternatives, clobbers, fit, sites, slots, xen
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding
 from pvpatch.errors import UsageError
-from pvpatch.kernel.alternatives import read_alternatives
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
 from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_table, plan
@@ -80,7 +79,7 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
                explicit: bool = True) -> CheckRun:
     """Every family for ``names``. Without ``explicit``, a backend the image cannot have
     (Xen PV on a kernel built without it) is skipped with a note instead of an error."""
-    ctx = Context(model, read_alternatives(model.image, model.types))
+    ctx = Context(model, model.alternatives)  # the table the sites were read with (6.8+)
     run = CheckRun(model.image.path, model.version.release, [])
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")

@@ -60,6 +60,8 @@ ERAS = (
              "none: the slot is read from the call"),
 )
 BY_KEY = {e.key: e for e in ERAS}
+# The eras before 5.13: planned by patch.legacy, and with Xen rules of their own.
+LEGACY_ERAS = ("G1", "G2", "G3", "G4")
 
 # G1's type byte: PARAVIRT_IRQ_DISABLE … PARAVIRT_STI_SYSEXIT (include/asm-i386/paravirt.h,
 # 2.6.20 and 2.6.21), named here after the paravirt_ops members the sites call.

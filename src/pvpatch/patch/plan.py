@@ -24,6 +24,7 @@ from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.clobbers import ClobberBits
+from pvpatch.kernel.era import LEGACY_ERAS
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
@@ -84,7 +85,6 @@ class Era:
     bug_function: str
 
 
-LEGACY_ERAS = ("G1", "G2", "G3", "G4")  # kernel.era keys planned by patch.legacy (≤5.12)
 
 ERA_5_13_TO_6_7 = Era("paravirt_patch", "5.13–6.7", "_paravirt_nop", "paravirt_BUG")
 
