@@ -25,3 +25,18 @@ def test_other_encodings_go_through_capstone():
     code = bytes.fromhex("ff1425a89aa382")  # call *0xffffffff82a39aa8 (2.6.30–5.17 form)
     (insn,) = decode(code, 0xFFFFFFFF81000000, 64)
     assert insn.size == 7 and insn.mem_target == 0xFFFFFFFF82A39AA8
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_fixed_length_opcodes_agree_with_capstone(bits):
+    """first_length answers nop/int3/call/jmp without capstone: it must say what capstone
+    says, whatever bytes follow, and nothing for a truncated one."""
+    from pvpatch.disasm import FIXED_LENGTH, _lite, first_length
+
+    rng = random.Random(5)
+    for opcode, size in FIXED_LENGTH.items():
+        for _ in range(50):
+            code = bytes([opcode]) + rng.randbytes(rng.randrange(0, 8))
+            expect = next((s for _a, s, _m, _o in _lite(bits).disasm_lite(code, 0, 1)), None)
+            assert first_length(code, bits) == expect, (code.hex(), bits)
+        assert size >= 1

@@ -103,8 +103,17 @@ def _lite(bits: int) -> capstone.Cs:
                        capstone.CS_MODE_32)
 
 
+# Opcodes whose length does not depend on what follows, in 32- and 64-bit code: nop, int3,
+# call/jmp rel32, jmp rel8. They are most of what the NOP optimiser and the relocation pass
+# walk over (thousands of sites per plan), so capstone is asked only about the rest.
+FIXED_LENGTH = {0x90: 1, 0xCC: 1, 0xE8: 5, 0xE9: 5, 0xEB: 2}
+
+
 def first_length(code: bytes, bits: int) -> int | None:
     """Length of the first instruction of ``code`` (None if it does not decode): cheap."""
+    size = FIXED_LENGTH.get(code[0]) if code else None
+    if size is not None:
+        return size if len(code) >= size else None
     for _addr, size, _mn, _op in _lite(bits).disasm_lite(code, 0, 1):
         return size
     return None

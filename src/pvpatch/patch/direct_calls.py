@@ -90,29 +90,51 @@ def optimize_nops(buf: bytearray, bits: int, nops: NopTable) -> None:
 def apply_relocation(buf: bytearray, instr: int, repl: int, repl_len: int, bits: int) -> None:
     """``__apply_relocation()``: relative branches and RIP-relative operands that point out
     of the replacement move with it; a jmp.d32 that then reaches becomes jmp.d8 + int3."""
-    from pvpatch.disasm import _capstone, _decoder
-
-    _, X = _capstone()
     shift = repl - instr
     i = 0
     while i < len(buf):
-        insns = list(_decoder(bits).disasm(bytes(buf[i:]), 0, 1))
-        if not insns:
+        shape = _reloc_shape(buf, i, bits)
+        if shape is None:
             return
-        insn, nxt, op = insns[0], i + insns[0].size, buf[i]
+        size, imm_offset, imm_size, rip_disp = shape
+        nxt, op = i + size, buf[i]
         relative = op in (CALL, JMP32, JMP8) or 0x70 <= op <= 0x7F or \
             (op == 0x0F and nxt - i > 1 and 0x80 <= buf[i + 1] <= 0x8F)
-        if relative and insn.imm_size:
-            imm_at = i + insn.imm_offset
-            original = int.from_bytes(buf[imm_at:imm_at + insn.imm_size], "little", signed=True)
-            _reloc_field(buf, imm_at, insn.imm_size, nxt - i, repl_len, shift)
+        if relative and imm_size:
+            imm_at = i + imm_offset
+            original = int.from_bytes(buf[imm_at:imm_at + imm_size], "little", signed=True)
+            _reloc_field(buf, imm_at, imm_size, nxt - i, repl_len, shift)
             short = original + shift + 3  # the kernel's JMP.d32 → JMP.d8 test
             if op == JMP32 and -128 <= short <= 127:
                 buf[i:nxt] = bytes([JMP8, short & 0xFF]) + bytes([INT3]) * (nxt - i - 2)
-        if insn.disp_size and any(o.type == X.X86_OP_MEM and o.mem.base == X.X86_REG_RIP
-                                  for o in insn.operands):
-            _reloc_field(buf, i + insn.disp_offset, insn.disp_size, nxt - i, repl_len, shift)
+        if rip_disp is not None:
+            _reloc_field(buf, i + rip_disp[0], rip_disp[1], nxt - i, repl_len, shift)
         i = nxt
+
+
+# (size, immediate's size) of the fixed-length opcodes (disasm.FIXED_LENGTH) that need no
+# decoder: the branches carry their displacement right after the opcode, nop/int3 nothing.
+_FIXED_SHAPE = {NOP1: (1, 0), INT3: (1, 0), CALL: (5, 4), JMP32: (5, 4), JMP8: (2, 1)}
+
+
+def _reloc_shape(buf: bytearray, i: int,
+                 bits: int) -> tuple[int, int, int, tuple[int, int] | None] | None:
+    """(size, immediate offset, immediate size, (offset, size) of a RIP-relative displacement
+    or None) of the instruction at ``i``; None when it does not decode."""
+    fixed = _FIXED_SHAPE.get(buf[i])
+    if fixed is not None and i + fixed[0] <= len(buf):
+        return fixed[0], 1, fixed[1], None
+    from pvpatch.disasm import _capstone, _decoder
+
+    _, X = _capstone()
+    insns = list(_decoder(bits).disasm(bytes(buf[i:]), 0, 1))
+    if not insns:
+        return None
+    insn = insns[0]
+    rip = insn.disp_size and any(o.type == X.X86_OP_MEM and o.mem.base == X.X86_REG_RIP
+                                 for o in insn.operands)
+    return (insn.size, insn.imm_offset, insn.imm_size,
+            (insn.disp_offset, insn.disp_size) if rip else None)
 
 
 def _reloc_field(buf: bytearray, at: int, size: int, nxt: int, repl_len: int,
