@@ -9,6 +9,7 @@ error in a child is raised here as if it had happened here.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import sys
@@ -23,6 +24,7 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """``[fn(x) for x in items]``, the first item in this process, the others in children."""
     if len(items) < 2 or not _can_fork():
         return [fn(x) for x in items]
+    gc.freeze()  # keep the collector off the inherited heap: its passes would copy every page
     children = [_spawn(fn, x) for x in items[1:]]
     try:
         first = fn(items[0])
@@ -30,6 +32,7 @@ def fork_map(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     finally:
         for pid, fd in children:  # after an error here: stop and reap what still runs
             _reap(pid, fd)
+        gc.unfreeze()
 
 
 def _can_fork() -> bool:

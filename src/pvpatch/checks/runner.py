@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pvpatch.backends import BACKENDS, Backend, load_backend
-from pvpatch.checks import alternatives, clobbers, fit, sites, slots, xen
+from pvpatch.checks import alternatives, clobbers, fit, sites, slots
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding
 from pvpatch.errors import UsageError
@@ -43,15 +43,6 @@ class BackendInfo:
     description: str
 
 
-@dataclass(frozen=True)
-class BackendResult:
-    """One backend's suites and findings: plain data, so a worker process can return it."""
-
-    backend: BackendInfo
-    suites: list[Suite]
-    findings: list[Finding]
-
-
 @dataclass
 class CheckRun:
     path: str
@@ -75,6 +66,20 @@ def parse_backends(text: str | None) -> tuple[tuple[str, ...], bool]:
     return names, True
 
 
+@dataclass
+class Part:
+    """What one unit of a check run found: plain data, so a worker process can return it."""
+
+    suites: list[Suite]
+    findings: list[Finding]
+    checked: dict[str, int] = field(default_factory=dict)
+    backend: BackendInfo | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+Unit = Callable[[], Part]
+
+
 def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
                explicit: bool = True) -> CheckRun:
     """Every family for ``names``. Without ``explicit``, a backend the image cannot have
@@ -83,60 +88,80 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     run = CheckRun(model.image.path, model.version.release, [])
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
-    _image_suites(ctx, run)
-    run.checked.update(sites=len(model.sites.sites), pv_alternatives=len(ctx.pv_alternatives))
-    wanted = _usable(model, names, explicit, run)
-    # Each backend plans the whole boot on its own: one per core (parallel.fork_map), after
-    # building what they all read.
+    # (rank in the report, unit): the image-wide checks, each backend, the Xen notes
+    jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit))]
+                                          for i, name in enumerate(names)]
+    jobs[0].insert(0, (0, lambda: _image_part(ctx)))
+    if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to the backend
+        jobs[names.index("xen")].append((1 + len(names), lambda: _xen_part(model)))
+    _ = model.sites  # what every job reads, built once before the workers fork
     model.image.symbols.index_code()
-    for result in fork_map(lambda name: _backend_suites(ctx, load_backend(model, name, vcpus)),
-                           wanted):
-        run.backends.append(result.backend)
-        run.suites += result.suites
-        run.findings += result.findings
-    if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to `wanted`
-        _xen_suite(model, run)
+    for part in _run_jobs(jobs):
+        run.suites += part.suites
+        run.findings += part.findings
+        run.checked.update(part.checked)
+        run.notes += part.notes
+        if part.backend is not None:
+            run.backends.append(part.backend)
     return run
 
 
-def _usable(model: KernelModel, names: tuple[str, ...], explicit: bool, run: CheckRun
-            ) -> tuple[str, ...]:
-    """The default list must work on any kernel; an explicit one fails loudly instead."""
-    if explicit or "xen" not in names:
-        return names
+def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
+    """Every unit's part, in report order.
+
+    A job is one backend with the units that ride along. Each backend plans the whole boot
+    on its own (the costly part), so the jobs run in parallel (parallel.fork_map), sharing
+    nothing but the read-only model. The Xen notes go with the Xen backend, whose symbol
+    lookups they reuse; the image-wide checks with the first backend, in this process.
+    """
+    done = fork_map(lambda job: [(rank, unit()) for rank, unit in job], jobs)
+    return [part for _rank, part in sorted((pair for parts in done for pair in parts),
+                                           key=lambda pair: pair[0])]
+
+
+def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool) -> Unit:
+    def unit() -> Part:
+        why = None if explicit else _unusable(ctx.model, name)
+        if why is not None:
+            return Part([], [], notes=[f"{name} backend skipped: {why}"])
+        return _backend_part(ctx, load_backend(ctx.model, name, vcpus))
+    return unit
+
+
+def _unusable(model: KernelModel, name: str) -> str | None:
+    """The default list must work on any kernel (an explicit one fails loudly instead):
+    why this image cannot have the backend, or None."""
+    if name != "xen":
+        return None
     from pvpatch.backends.xen import unsupported
 
-    why = unsupported(model)
-    if why is None:
-        return names
-    run.notes.append(f"xen backend skipped: {why}")
-    return tuple(n for n in names if n != "xen")
+    return unsupported(model)
 
 
-def _image_suites(ctx: Context, run: CheckRun) -> None:
+def _image_part(ctx: Context) -> Part:
     """Facts of the image itself: reported once, whatever the backends."""
-    run.findings += sites.check_sites(ctx)
-    run.suites.append(Suite("site", None, False))
-    run.findings += alternatives.check_alignment(ctx)
-    run.suites.append(Suite("alt", None, False))
+    findings = sites.check_sites(ctx) + alternatives.check_alignment(ctx)
+    return Part([Suite("site", None, False), Suite("alt", None, False)], findings,
+                {"sites": len(ctx.model.sites.sites),
+                 "pv_alternatives": len(ctx.pv_alternatives)})
 
 
-def _backend_suites(ctx: Context, backend: Backend) -> BackendResult:
+def _backend_part(ctx: Context, backend: Backend) -> Part:
     """Plan the backend's boot patching once (as `apply` does) and let each family read it."""
     model = ctx.model
     p = plan(model, backend, ctx.alts, nop_table(model))
     br = BackendRun(backend, p, model.image.symbols.address(ERA_5_13_TO_6_7.nop_function))
-    out = BackendResult(BackendInfo(backend.name, backend.description), [], [])
+    out = Part([], [], backend=BackendInfo(backend.name, backend.description))
     for family, fn in PER_BACKEND:
         out.findings.extend(fn(ctx, br))
         out.suites.append(Suite(family, backend.name, True))
     return out
 
 
-def _xen_suite(model: KernelModel, run: CheckRun) -> None:
+def _xen_part(model: KernelModel) -> Part:
     """Skipped, not silent, when the kernel has no Xen guest code at all."""
+    from pvpatch.checks import xen
+
     found, evaluated = xen.check_xen(model.image)
-    run.findings += found
-    run.checked["xen_conditions"] = evaluated
     skipped = None if evaluated else "the kernel is built without Xen PV or PVH support"
-    run.suites.append(Suite("xen", None, False, skipped))
+    return Part([Suite("xen", None, False, skipped)], found, {"xen_conditions": evaluated})

@@ -51,9 +51,11 @@ _INFO_ABS = _info_table({"*": L.STT_NOTYPE})
 
 # st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
 _CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
-# name lookups answered by searching the raw table before an index is built (see below)
-RAW_SEARCHES = 6
-# st_info → rank bits of a code symbol at a shared address: function 4, non-local 2 (sized: 1)
+# name lookups answered by searching the raw table (~3 ms each) before an index is built
+# (~35 ms, see below): inspect asks for two or three, a native plan for about seven more
+RAW_SEARCHES = 10
+# st_info → rank bits of a code symbol at a shared address: function 4, non-local 2
+# (a sized symbol adds 1, see _code_index)
 _RANK = bytes(((b & 0xF) == L.STT_FUNC) << 2 | (b >> 4 != 0) << 1 for b in range(256))
 
 
@@ -63,6 +65,11 @@ def _and(*masks: bytes) -> bytes:
     for m in masks[1:]:
         out &= int.from_bytes(m, "little")
     return out.to_bytes(len(masks[0]), "little")
+
+
+def _or(a: bytes, b: bytes) -> bytes:
+    """Element-wise OR of two equal-length byte strings whose set bits do not carry."""
+    return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
 
@@ -233,9 +240,10 @@ class SymbolTable:
     def _records_named(self, name_off: int) -> list[int]:
         """Record indexes whose st_name is ``name_off``.
 
-        The first few are searched for in the raw table (no set-up: ``inspect`` asks for two
-        names); a command that asks for dozens (a Xen backend's op tables) gets a sorted
-        st_name index once, ~35 ms, after which each lookup is a bisection.
+        The first few are searched for in the raw table (no set-up: ``inspect`` and a native
+        plan ask for a handful of names); a command that asks for dozens (a Xen backend's op
+        tables) gets a sorted st_name index once, ~35 ms, after which each lookup is a
+        bisection.
         """
         if "_rows_by_name" not in self.__dict__ and self._raw_searches < RAW_SEARCHES:
             self._raw_searches += 1
@@ -264,7 +272,7 @@ class SymbolTable:
         """(st_name values sorted, their record indexes), for bisection."""
         names = memoryview(self._raw).cast("I")[0::self._entsize // 4].tolist()
         rows = sorted(range(len(names)), key=names.__getitem__)
-        return [names[i] for i in rows], rows
+        return list(map(names.__getitem__, rows)), rows
 
     @cached_property
     def _columns(self) -> dict[str, list[int]]:
@@ -298,26 +306,25 @@ class SymbolTable:
 
     @cached_property
     def _code_index(self) -> tuple[list[int], list[int]]:
-        """Sorted (addresses, record indexes) of the symbols that name code.
+        """(addresses, record indexes) of the symbols that name code, sorted by address.
 
-        Function and untyped symbols defined in executable sections; at one address a
-        function beats a label, a global beats a local, a sized symbol an unsized one. The
-        ~130k rows of a debug kernel are filtered and ranked with byte masks (loops in C):
-        a per-row Python loop here cost more than the rest of ``check``'s symbol work.
+        Function and untyped symbols defined in executable sections. Several may share an
+        address; they stay, ordered so that the *last* of each group is the one to name it:
+        a function beats a label, a global a local, a sized symbol an unsized one, and then
+        the first defined. Filtering and ranking use byte masks and the sorts C-level keys
+        (two stable sorts instead of one on composite keys): over the ~130k rows of a debug
+        kernel, any per-row Python code here cost more than the rest of ``check``'s symbol work.
         """
         c = self._columns
-        values, info, size, shndx = c["value"], c["info"], c["size"], c["shndx"]
-        n, exe = len(values), self._exec
-        named_code = _and(bytes(info).translate(_CODE_TYPES), bytes(map(bool, c["name"])))
-        # sort key: address, then rank (best last), then lowest row last (the first defined)
-        ib = n.bit_length()
-        top = (1 << ib) - 1
-        keys = [values[i] << (ib + 3) | (_RANK[info[i]] | (size[i] != 0)) << ib | (top - i)
-                for i in compress(range(n), named_code) if shndx[i] in exe]
-        keys.sort()
-        best = dict(zip([k >> (ib + 3) for k in keys], [top - (k & top) for k in keys],
-                        strict=True))  # the last key per address wins
-        return list(best), list(best.values())
+        values, n, exe = c["value"], len(c["value"]), self._exec
+        info = bytes(c["info"])
+        code = _and(info.translate(_CODE_TYPES), bytes(map(bool, c["name"])),
+                    bytes(map(exe.__contains__, c["shndx"])))
+        rank = _or(info.translate(_RANK), bytes(map(bool, c["size"])))
+        rows = list(compress(range(n - 1, -1, -1), code[::-1]))  # first defined sorts last
+        rows.sort(key=rank.__getitem__)
+        rows.sort(key=values.__getitem__)
+        return list(map(values.__getitem__, rows)), rows
 
     def _rank(self, i: int) -> tuple[bool, bool, bool]:
         r = self._row(i)
@@ -352,8 +359,8 @@ class SymbolTable:
         """
         if "_code_index" in self.__dict__ or len(self._at_cache) >= 8:  # many: sort once
             addrs, idx = self._code_index
-            pos = bisect.bisect_left(addrs, addr)
-            return self._symbol(idx[pos]) if pos < len(addrs) and addrs[pos] == addr else None
+            pos = bisect.bisect_right(addrs, addr) - 1  # the last at an address is the best
+            return self._symbol(idx[pos]) if pos >= 0 and addrs[pos] == addr else None
         if addr not in self._at_cache:
             self._at_cache[addr] = self._scan_code_at(addr)
         return self._at_cache[addr]

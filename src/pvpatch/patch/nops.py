@@ -9,6 +9,7 @@ table with ``ds`` prefixes on 32-bit); before that it was chosen per CPU at boot
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,16 @@ class NopTable:
 
     def fill(self, n: int) -> bytes:
         """``add_nops(buf, n)``: the largest NOP that fits, repeatedly."""
+        if n < len(self._fills):
+            return self._fills[n]
+        return self._fill(n)
+
+    @cached_property
+    def _fills(self) -> tuple[bytes, ...]:
+        """Every fill up to a site's longest (MAX_PATCH_LEN, 32): thousands of sites ask."""
+        return tuple(self._fill(n) for n in range(33))
+
+    def _fill(self, n: int) -> bytes:
         out = bytearray()
         while n > 0:
             k = min(n, self.max)

@@ -114,8 +114,10 @@ def _plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) 
     bug_fn = image.symbols.address(era.bug_function)
     if bug_fn is None:
         raise InputError(f"no {era.bug_function} symbol: cannot patch NULL slots", image.path)
-    patches = [_paravirt_patch(model, backend, s, nops, nop_fn, bug_fn, era)
-               for s in model.sites.sites]
+    by_slot: dict[int, _SlotPatch] = {}
+    for t in {s.type for s in model.sites.sites}:
+        by_slot[t] = _slot_patch(backend, t, nop_fn, bug_fn, era)
+    patches = [_paravirt_patch(model, s, nops, by_slot[s.type]) for s in model.sites.sites]
     used, left = _apply_alternatives(model, backend, alts, patches, nops)
     check_clobbers(model, patches)
     return PatchPlan(backend, nops, era.bug_function, patches, used, left)
@@ -148,31 +150,43 @@ def call_rel32(at: int, target: int) -> bytes:
     return bytes([CALL]) + rel.to_bytes(4, "little")
 
 
-def _paravirt_patch(model: KernelModel, backend: Backend, site: Site, nops: NopTable,
-                    nop_fn: int | None, bug_fn: int, era: Era) -> SitePatch:
-    before = model.image.read(site.address, site.length)
-    res = backend.resolution(site.type)
-    sp = SitePatch(site, before, before, "unpatched")
+@dataclass(frozen=True)
+class _SlotPatch:
+    """What ``paravirt_patch()`` makes of every site of one slot (all but the address)."""
+
+    outcome: str
+    target: int | None
+    target_name: str | None
+    reason: str
+
+
+def _slot_patch(backend: Backend, slot_type: int, nop_fn: int | None, bug_fn: int,
+                era: Era) -> _SlotPatch:
+    res = backend.resolution(slot_type)
     if res is None or res.value is None:
-        sp.reason = res.reason if res else f"type {site.type} names no pv_ops slot"
-        return sp
+        return _SlotPatch("unpatched", None, None,
+                          res.reason if res else f"type {slot_type} names no pv_ops slot")
     if res.value == 0:
-        used, sp.outcome, sp.target, sp.target_name = call_rel32(site.address, bug_fn), \
-            "bug-call", bug_fn, era.bug_function
-        sp.reason = f"slot is NULL ({res.reason}): call {era.bug_function}"
-    elif res.value == nop_fn:
-        used, sp.outcome = b"", "nop"
-        sp.reason = f"slot is {era.nop_function} ({res.reason})"
-    else:
-        used, sp.outcome, sp.target, sp.target_name = call_rel32(site.address, res.value), \
-            "direct-call", res.value, res.name
-        sp.reason = f"slot holds {res.name} ({res.reason})"
+        return _SlotPatch("bug-call", bug_fn, era.bug_function,
+                          f"slot is NULL ({res.reason}): call {era.bug_function}")
+    if res.value == nop_fn:
+        return _SlotPatch("nop", None, None, f"slot is {era.nop_function} ({res.reason})")
+    return _SlotPatch("direct-call", res.value, res.name,
+                      f"slot holds {res.name} ({res.reason})")
+
+
+def _paravirt_patch(model: KernelModel, site: Site, nops: NopTable, how: _SlotPatch
+                    ) -> SitePatch:
+    before = model.image.read(site.address, site.length)
+    if how.outcome == "unpatched":
+        return SitePatch(site, before, before, "unpatched", reason=how.reason)
+    used = call_rel32(site.address, how.target) if how.target is not None else b""
     if len(used) > site.length:
-        sp.outcome, sp.reason = "unpatched", f"{len(used)}-byte replacement exceeds the site"
-        sp.problems.append(sp.reason)
-        return sp
-    sp.after = used + nops.fill(site.length - len(used))
-    return sp
+        reason = f"{len(used)}-byte replacement exceeds the site"
+        return SitePatch(site, before, before, "unpatched", how.target, how.target_name,
+                         reason, problems=[reason])
+    return SitePatch(site, before, used + nops.fill(site.length - len(used)), how.outcome,
+                     how.target, how.target_name, how.reason)
 
 
 # -- step 3: apply_alternatives on the entries that touch pv sites ----------------------------
@@ -180,7 +194,7 @@ def _paravirt_patch(model: KernelModel, backend: Backend, site: Site, nops: NopT
 def _apply_alternatives(model: KernelModel, backend: Backend, alts: AltTable,
                         patches: list[SitePatch], nops: NopTable) -> tuple[int, int]:
     starts = [p.site.address for p in patches]
-    order = sorted(range(len(patches)), key=lambda i: starts[i])
+    order = sorted(range(len(patches)), key=starts.__getitem__)
     sorted_starts = [starts[i] for i in order]
     used = 0
     for entry in alts.entries:
@@ -280,11 +294,14 @@ def check_clobbers(model: KernelModel, patches: list[SitePatch]) -> None:
     """Where a record carries a clobber mask, the replacement must stay inside it."""
     analyzer = ClobberAnalyzer(model.image)
     bits = model.clobber_bits
+    allowed_by_mask: dict[int, frozenset[str]] = {}
     for sp in patches:
         mask = sp.site.clobbers
         if mask is None or sp.outcome == "unpatched":
             continue
-        allowed = _allowed(bits, mask)
+        allowed = allowed_by_mask.get(mask)
+        if allowed is None:
+            allowed = allowed_by_mask[mask] = _allowed(bits, mask)
         if sp.outcome in ("direct-call", "bug-call") and sp.target is not None:
             if C_ABI[model.image.bits] <= allowed:  # any C function fits: nothing to prove
                 found = Clobbers(C_ABI[model.image.bits], "C ABI (the mask allows it all)")
