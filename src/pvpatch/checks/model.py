@@ -2,14 +2,15 @@
 
 Every check has a stable identifier (``family.name``), a severity and a one-line description,
 kept here as a data table so that the CLI, the renderers and docs/check.md agree. The Xen
-domain-builder checks are not repeated: their ids come from ``pvpatch.kernel.xen_checks``.
+domain-builder checks are not repeated: their ids come from ``pvpatch.kernel.xen_checks``,
+imported when the registry is first read (``CHECKS``, ``BY_ID``), not with this module: a
+check worker that never meets Xen does not pay for it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-from pvpatch.kernel.xen_checks import CHECK_SPECS
+from functools import cache
 
 ERROR, WARNING = "error", "warning"
 SEVERITIES = (ERROR, WARNING)
@@ -99,25 +100,46 @@ _TABLE: tuple[tuple[str, str, bool, str], ...] = (
 
 def _builder_checks() -> tuple[CheckInfo, ...]:
     """One error-severity check per condition of Xen's domain builders (xen_checks.CHECKS)."""
+    from pvpatch.kernel.xen_checks import CHECK_SPECS
+
     return tuple(CheckInfo(XEN_BUILDER_PREFIX + s.id, "xen", ERROR,
                            f"Xen's builder: {s.title} (else: {s.xen})", False)
                  for s in CHECK_SPECS)
 
 
-CHECKS: tuple[CheckInfo, ...] = tuple(
-    CheckInfo(cid, cid.split(".", 1)[0], sev, title, per)
-    for cid, sev, per, title in _TABLE) + _builder_checks()
-BY_ID = {c.id: c for c in CHECKS}
+_OWN = {cid: CheckInfo(cid, cid.split(".", 1)[0], sev, title, per)
+        for cid, sev, per, title in _TABLE}
+
+
+@cache
+def _registry() -> tuple[tuple[CheckInfo, ...], dict[str, CheckInfo]]:
+    checks = tuple(_OWN.values()) + _builder_checks()
+    return checks, {c.id: c for c in checks}
+
+
+def __getattr__(name: str) -> object:
+    """``CHECKS`` (every check, in report order) and ``BY_ID``, built on first use."""
+    if name == "CHECKS":
+        return _registry()[0]
+    if name == "BY_ID":
+        return _registry()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_registry() -> None:
+    """Build the registry now (a process with time to spare before it renders)."""
+    _registry()
 
 
 def finding(check: str, backend: str | None, address: int | None, function: str, op: str,
             message: str) -> Finding:
     """A finding with the registry's severity, so a check can never misstate its own."""
-    return Finding(check, BY_ID[check].severity, backend, address, function, op, message)
+    info = _OWN.get(check) or _registry()[1][check]
+    return Finding(check, info.severity, backend, address, function, op, message)
 
 
 def in_family(family: str) -> list[CheckInfo]:
-    return [c for c in CHECKS if c.family == family]
+    return [c for c in _registry()[0] if c.family == family]
 
 
 def reaches(severity: str, threshold: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pvpatch.backends import BACKENDS, Backend, load_backend
 from pvpatch.checks import alternatives, clobbers, fit, sites, slots
 from pvpatch.checks.context import BackendRun, Context
-from pvpatch.checks.model import Finding
+from pvpatch.checks.model import Finding, load_registry
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
@@ -114,9 +114,15 @@ def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
     nothing but the read-only model. The Xen notes go with the Xen backend, whose symbol
     lookups they reuse; the image-wide checks with the first backend, in this process.
     """
-    done = fork_map(lambda job: [(rank, unit()) for rank, unit in job], jobs)
+    done = fork_map(_run_job, jobs)
     return [part for _rank, part in sorted((pair for parts in done for pair in parts),
                                            key=lambda pair: pair[0])]
+
+
+def _run_job(job: list[tuple[int, Unit]]) -> list[tuple[int, Part]]:
+    parts = [(rank, unit()) for rank, unit in job]
+    load_registry()  # the report needs it: build it here, while the other workers finish
+    return parts
 
 
 def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool) -> Unit:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from pvpatch.checks import model as registry
 from pvpatch.checks.baseline import Baseline
-from pvpatch.checks.model import BY_ID, CHECKS, KNOWN, NEW, SEVERITIES, Finding, reaches
+from pvpatch.checks.model import KNOWN, NEW, SEVERITIES, Finding, reaches
 from pvpatch.checks.runner import CheckRun, Suite
 from pvpatch.render.table import table
 
@@ -44,14 +45,16 @@ def _counts(findings: list[Finding], fail_on: str) -> dict[str, int]:
 
 def _suite_checks(suite: Suite) -> list[str]:
     """The check ids a suite runs: its family's, image-level or per-backend as the suite is."""
-    return [c.id for c in CHECKS if c.family == suite.family and c.per_backend == suite.per_backend]
+    return [c.id for c in registry.CHECKS
+            if c.family == suite.family and c.per_backend == suite.per_backend]
 
 
 def check_dict(run: CheckRun, fail_on: str, baseline: Baseline | None) -> dict:
     """The ``pvpatch.check/1`` document; it names the checks that ran so a reader of an old
     report knows what was and was not looked at."""
+    by_id = registry.BY_ID
     ran = sorted({cid for s in run.suites if not s.skipped for cid in _suite_checks(s)},
-                 key=list(BY_ID).index)
+                 key=list(by_id).index)
     return {
         "schema": SCHEMA,
         "input": run.path,
@@ -64,8 +67,8 @@ def check_dict(run: CheckRun, fail_on: str, baseline: Baseline | None) -> dict:
             "source": baseline.source, "kind": baseline.kind, "findings": baseline.findings},
         "counts": _counts(run.findings, fail_on),
         "failed": bool(failing(run.findings, fail_on)),
-        "checks": [{"id": cid, "family": BY_ID[cid].family, "severity": BY_ID[cid].severity,
-                    "per_backend": BY_ID[cid].per_backend, "title": BY_ID[cid].title}
+        "checks": [{"id": cid, "family": by_id[cid].family, "severity": by_id[cid].severity,
+                    "per_backend": by_id[cid].per_backend, "title": by_id[cid].title}
                    for cid in ran],
         "findings": [finding_dict(f) for f in run.findings],
     }
@@ -153,8 +156,9 @@ def _junit_suite(root: ET.Element, run: CheckRun, suite: Suite, fail_on: str) ->
         bad = failing(mine, fail_on)
         if bad:
             failures += 1
-            fail = ET.SubElement(case, "failure", type=BY_ID[cid].severity,
-                                 message=f"{len(bad)} new finding(s): {BY_ID[cid].title}")
+            info = registry.BY_ID[cid]
+            fail = ET.SubElement(case, "failure", type=info.severity,
+                                 message=f"{len(bad)} new finding(s): {info.title}")
             fail.text = "\n".join(_line(f) for f in mine)
         elif mine:
             ET.SubElement(case, "system-out").text = "\n".join(_line(f) for f in mine)
