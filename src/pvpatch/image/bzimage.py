@@ -54,6 +54,7 @@ LZOP_EXTRA_FIELD, LZOP_FILTER = 0x40, 0x800
 LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK = 8 << 20
 MAX_KERNEL = 1 << 31  # refuse to inflate past 2 GiB: no vmlinux.bin is that large
+MAX_RATIO = 32  # kernels compress 3–10x: a larger appended size is not trusted for one-shot
 CHUNK = 1 << 20
 
 # payload magic → method; checked in this order at the payload's first byte
@@ -150,6 +151,10 @@ def decompress(data: bytes | memoryview, boot: BootImage,
     """The payload of ``boot`` uncompressed: vmlinux.bin (and whatever the build appended)."""
     payload = memoryview(data)[boot.payload_offset:boot.payload_offset + boot.payload_length]
     hint = boot.size_hint if boot.size_hint and boot.size_hint < MAX_KERNEL else None
+    if progress is None and hint is not None:
+        whole = _one_shot(payload, boot.method, hint)
+        if whole is not None:
+            return whole
     out = _Output(hint, boot)
     try:
         if boot.method == "none":
@@ -177,6 +182,33 @@ def decompress(data: bytes | memoryview, boot: BootImage,
         raise InputError(f"the {boot.method} payload decompressed to {len(result)} bytes, "
                          f"its trailer says {hint}: truncated or corrupt", boot.path)
     return result
+
+
+def _one_shot(payload: memoryview, method: str, size: int) -> bytes | None:
+    """The payload inflated by one call, if that yields exactly the appended ``size``.
+
+    With no progress to report nothing needs chunks, and one call saves joining them (a copy
+    of the whole vmlinux; zstd even writes straight into an output of that size). The size
+    comes from the file, so it is trusted only up to ``MAX_RATIO`` times the payload; any
+    surprise (an error, another length, no end of stream) gives None, and the streaming
+    path decompresses again and says what is wrong.
+    """
+    if method not in ("zstd", "gzip", "xz", "lzma", "bzip2") \
+            or size > len(payload) * MAX_RATIO:
+        return None
+    try:
+        if method == "zstd":
+            import zstandard
+
+            out = zstandard.ZstdDecompressor().decompress(payload, max_output_size=size)
+        else:
+            dec = _decompressor(method)
+            out = dec.decompress(payload, size + 1)  # type: ignore[attr-defined]
+            if not _at_eof(dec):
+                return None
+    except Exception:  # any failure: the streaming path says what it is
+        return None
+    return out if len(out) == size else None
 
 
 class _Output:
