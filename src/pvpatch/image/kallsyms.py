@@ -52,6 +52,8 @@ DIGITS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
 MAX_TOKEN_TABLE = 16384
 MAX_RECORD = 0x3FFF + 2
 TYPICAL_RECORD = 256  # bytes a name record takes at most, in practice, while searching
+PROBE = 1024  # addresses checked for order before a whole candidate table is read
+JOIN_SLICE = 8192  # tokens joined per bytes.join call (see _join)
 
 
 @dataclass(frozen=True)
@@ -325,9 +327,7 @@ def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, names_end: i
     decoded = _decode(r.data, names, names_end, starts, tokens)
     if decoded is None:
         return None
-    strtab, offsets = decoded
-    types = bytes(itemgetter(*(o - 1 for o in offsets))(strtab)) if n > 1 \
-        else strtab[offsets[0] - 1:offsets[0]]
+    strtab, offsets, types = decoded
     return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + table,
                     r.addr + index, r.addr + where, base, percpu, strtab, offsets, addrs, types)
 
@@ -353,27 +353,52 @@ def _addresses(r: _Region, n: int, n_at: int,
         if rb_at_ is None:
             if where + ptr * n > r.size:
                 continue
-            addrs = list(struct.unpack_from(f"<{n}{'Q' if ptr == 8 else 'I'}", r.data, where))
+            fmt = "Q" if ptr == 8 else "I"
+            if not _sorted(list(struct.unpack_from(f"<{min(n, PROBE)}{fmt}", r.data, where))):
+                continue  # not sorted from the start: no need to read all n
+            addrs = list(struct.unpack_from(f"<{n}{fmt}", r.data, where))
             if _sorted(addrs) and addrs[-1]:
                 return where, None, False, addrs, after
             continue
         if rb_at_ + ptr > r.size or where + 4 * n > r.size:
             continue
         base = r.word(rb_at_, ptr)
-        raw = struct.unpack_from(f"<{n}i", r.data, where)
-        mask = (1 << (8 * ptr)) - 1
-        if min(raw) >= 0:  # all relative to the base
-            values = [(base + o) & mask for o in raw]
-            if _sorted(values):
-                return where, base, False, values, after
-        else:  # KALLSYMS_ABSOLUTE_PERCPU: negative ones count down from base - 1
-            values = [o if o >= 0 else (base - 1 - o) & mask for o in raw]
-            if _sorted(values):
-                return where, base, True, values, after
-            values = [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
-            if _sorted(values):  # relative offsets of 2 GiB and more
-                return where, base, False, values, after
+        found = _relative(struct.unpack_from(f"<{n}i", r.data, where), base,
+                          (1 << (8 * ptr)) - 1)
+        if found is not None:
+            return where, base, found[0], found[1], after
     return None
+
+
+def _relative(raw: tuple[int, ...], base: int,
+              mask: int) -> tuple[bool, list[int]] | None:
+    """(absolute per-cpu, addresses) of kallsyms_offsets ``raw``, if they come out sorted.
+
+    Each reading is tried on the first ``PROBE`` offsets before all of them: most candidate
+    places are not the table, and their values are out of order from the start.
+    """
+    if min(raw) >= 0:  # all relative to the base
+        readings = ((False, _plus_base),)
+    else:  # KALLSYMS_ABSOLUTE_PERCPU: negative ones count down from base - 1; else
+        readings = ((True, _percpu), (False, _plus_base_unsigned))  # offsets of 2 GiB+
+    for percpu, read in readings:
+        if _sorted(read(raw[:PROBE], base, mask)):
+            values = read(raw, base, mask)
+            if _sorted(values):
+                return percpu, values
+    return None
+
+
+def _plus_base(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    return [(base + o) & mask for o in raw]
+
+
+def _percpu(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    return [o if o >= 0 else (base - 1 - o) & mask for o in raw]
+
+
+def _plus_base_unsigned(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    return [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
 
 
 def _sorted(values: list[int]) -> bool:
@@ -381,28 +406,39 @@ def _sorted(values: list[int]) -> bool:
 
 
 def _decode(data: bytes, names: int, end: int, starts: list[int],
-            tokens: list[bytes]) -> tuple[bytes, list[int]] | None:
+            tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
     """Expand every name at once: each byte becomes its token (in C), length bytes a NUL.
 
-    Returns the string table ``"\0Tname\0tname2\0…"`` and each name's offset in it, past
-    its type letter: the names are looked up as NUL-terminated tails, like ELF names.
+    Returns the string table ``"\0Tname\0tname2\0…"``, each name's offset in it past its
+    type letter (the names are looked up as NUL-terminated tails, like ELF names) and the
+    type letters.
     """
     if any(b"\0" in t for t in tokens):
         return None
     blob = data[names:end]
     parts = list(map(tokens.__getitem__, blob))
-    at = [x - names for x in starts]
+    at = list(map((-names).__add__, starts))
     lengths = itemgetter(*at)(blob) if len(at) > 1 else (blob[at[0]],)
-    nul = repeat(b"\0", len(at))
-    list(map(parts.__setitem__, at, nul))  # each length byte becomes the separator (in C)
+    list(map(parts.__setitem__, at, repeat(b"\0", len(at))))  # length byte → separator
     if max(lengths) & 0x80:  # "big" symbols (6.1+): their second length byte goes too
         for i, length in zip(at, lengths, strict=True):
             if length & 0x80:
                 parts[i + 1] = b""
     parts.append(b"\0")
-    strtab = b"".join(parts)
-    lengths = list(map(len, strtab.split(b"\0")))[1:-1]  # type letter + name, per symbol
+    strtab = _join(parts)
+    pieces = strtab.split(b"\0")  # "", then type letter + name per symbol, then ""
+    del pieces[0], pieces[-1]
+    lengths = list(map(len, pieces))
     if len(lengths) != len(starts) or min(lengths) < 2:
         return None
-    offsets = list(accumulate((x + 1 for x in lengths), initial=2))[:-1]
-    return strtab, offsets
+    offsets = list(accumulate(map((1).__add__, lengths), initial=2))
+    offsets.pop()
+    return strtab, offsets, bytes(map(itemgetter(0), pieces))
+
+
+def _join(parts: list[bytes]) -> bytes:
+    """``b"".join(parts)`` in slices: bytes.join allocates an 80-byte Py_buffer per item,
+    which for the ~2M tokens of a kernel's names costs more time and memory (~170 MB) than
+    the joined bytes themselves."""
+    step = JOIN_SLICE
+    return b"".join([b"".join(parts[i:i + step]) for i in range(0, len(parts), step)])
