@@ -40,11 +40,12 @@ and 2.6.9-and-older (stem compression) tables are not supported.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate, pairwise, repeat
-from operator import itemgetter
+from itertools import accumulate, compress, pairwise, repeat
+from operator import add, itemgetter, lt, sub
 
 from pvpatch.image.elf import ElfImage, Section
 
@@ -390,10 +391,18 @@ def _relative(raw: tuple[int, ...], base: int,
 
 
 def _plus_base(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    if base + min(raw) >= 0 and base + max(raw) <= mask:  # nothing wraps: add in C
+        return list(map(add, repeat(base), raw))
     return [(base + o) & mask for o in raw]
 
 
 def _percpu(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    """Per-cpu symbols sort first (the lowest addresses), so a table that will pass the order
+    check is non-negative offsets, then negative ones only: that shape is converted in C."""
+    k = next(compress(itertools.count(), map(lt, raw, repeat(0))), len(raw))  # the first negative
+    tail = raw[k:]
+    if not tail or (max(tail) < 0 and base - 1 - min(tail) <= mask):
+        return [*raw[:k], *map(sub, repeat(base - 1), tail)]
     return [o if o >= 0 else (base - 1 - o) & mask for o in raw]
 
 
