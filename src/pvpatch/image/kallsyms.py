@@ -54,7 +54,7 @@ MAX_TOKEN_TABLE = 16384
 MAX_RECORD = 0x3FFF + 2
 TYPICAL_RECORD = 256  # bytes a name record takes at most, in practice, while searching
 PROBE = 1024  # addresses checked for order before a whole candidate table is read
-JOIN_SLICE = 8192  # tokens joined per bytes.join call (see _join)
+DECODE_NAMES = 512  # names expanded per step (see _decode)
 
 
 @dataclass(frozen=True)
@@ -416,38 +416,49 @@ def _sorted(values: list[int]) -> bool:
 
 def _decode(data: bytes, names: int, end: int, starts: list[int],
             tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
-    """Expand every name at once: each byte becomes its token (in C), length bytes a NUL.
+    """Expand every name: each byte becomes its token (in C), length bytes a NUL.
 
     Returns the string table ``"\0Tname\0tname2\0…"``, each name's offset in it past its
     type letter (the names are looked up as NUL-terminated tails, like ELF names) and the
-    type letters.
+    type letters. Names are expanded ``DECODE_NAMES`` at a time: the lists of tokens then
+    stay small and in cache instead of one per byte of the table (~2M on 6.12).
     """
     if any(b"\0" in t for t in tokens):
         return None
-    blob = data[names:end]
+    texts, lengths, types = [], [], []
+    for i in range(0, len(starts), DECODE_NAMES):
+        stop = starts[i + DECODE_NAMES] if i + DECODE_NAMES < len(starts) else end
+        found = _decode_names(data, starts[i:i + DECODE_NAMES], stop, tokens)
+        if found is None:
+            return None
+        texts.append(found[0])
+        lengths += found[1]
+        types.append(found[2])
+    texts.append(b"\0")
+    offsets = list(accumulate(map((1).__add__, lengths), initial=2))
+    offsets.pop()
+    return b"".join(texts), offsets, b"".join(types)
+
+
+def _decode_names(data: bytes, starts: list[int], stop: int,
+                  tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
+    """The records at ``starts`` (ending at ``stop``) as ``"\0Tname\0tname2…"``, with the
+    length and type letter of each name; None if one expands to less than a letter and a
+    character."""
+    first = starts[0]
+    blob = data[first:stop]
     parts = list(map(tokens.__getitem__, blob))
-    at = list(map((-names).__add__, starts))
-    lengths = itemgetter(*at)(blob) if len(at) > 1 else (blob[at[0]],)
-    list(map(parts.__setitem__, at, repeat(b"\0", len(at))))  # length byte → separator
-    if max(lengths) & 0x80:  # "big" symbols (6.1+): their second length byte goes too
-        for i, length in zip(at, lengths, strict=True):
-            if length & 0x80:
+    at = list(map(sub, starts, repeat(first)))
+    sizes = itemgetter(*at)(blob) if len(at) > 1 else (blob[0],)
+    list(map(parts.__setitem__, at, repeat(b"\0")))  # each length byte → a separator
+    if max(sizes) & 0x80:  # "big" symbols (6.1+): their second length byte goes too
+        for i, size in zip(at, sizes, strict=True):
+            if size & 0x80:
                 parts[i + 1] = b""
-    parts.append(b"\0")
-    strtab = _join(parts)
-    pieces = strtab.split(b"\0")  # "", then type letter + name per symbol, then ""
-    del pieces[0], pieces[-1]
+    text = b"".join(parts)
+    pieces = text.split(b"\0")  # "", then type letter + name per record
+    del pieces[0]
     lengths = list(map(len, pieces))
     if len(lengths) != len(starts) or min(lengths) < 2:
         return None
-    offsets = list(accumulate(map((1).__add__, lengths), initial=2))
-    offsets.pop()
-    return strtab, offsets, bytes(map(itemgetter(0), pieces))
-
-
-def _join(parts: list[bytes]) -> bytes:
-    """``b"".join(parts)`` in slices: bytes.join allocates an 80-byte Py_buffer per item,
-    which for the ~2M tokens of a kernel's names costs more time and memory (~170 MB) than
-    the joined bytes themselves."""
-    step = JOIN_SLICE
-    return b"".join([b"".join(parts[i:i + step]) for i in range(0, len(parts), step)])
+    return text, lengths, bytes(map(itemgetter(0), pieces))
