@@ -364,26 +364,30 @@ def _addresses(r: _Region, n: int, n_at: int,
         if rb_at_ + ptr > r.size or where + 4 * n > r.size:
             continue
         base = r.word(rb_at_, ptr)
-        found = _relative(struct.unpack_from(f"<{n}i", r.data, where), base,
-                          (1 << (8 * ptr)) - 1)
+        found = _relative(r.data, where, n, base, (1 << (8 * ptr)) - 1)
         if found is not None:
             return where, base, found[0], found[1], after
     return None
 
 
-def _relative(raw: tuple[int, ...], base: int,
+def _relative(data: bytes, where: int, n: int, base: int,
               mask: int) -> tuple[bool, list[int]] | None:
-    """(absolute per-cpu, addresses) of kallsyms_offsets ``raw``, if they come out sorted.
+    """(absolute per-cpu, addresses) of the ``n`` kallsyms_offsets at ``where``, if they
+    come out sorted.
 
-    Each reading is tried on the first ``PROBE`` offsets before all of them: most candidate
-    places are not the table, and their values are out of order from the start.
+    All offsets non-negative: each is relative to the base. Otherwise KALLSYMS_ABSOLUTE_PERCPU
+    (negative ones count down from base - 1), else offsets of 2 GiB and more. Most candidate
+    places are not the table: the readings are tried on the first ``PROBE`` offsets before
+    the table is read whole, and a prefix out of order means the whole is.
     """
-    if min(raw) >= 0:  # all relative to the base
-        readings = ((False, _plus_base),)
-    else:  # KALLSYMS_ABSOLUTE_PERCPU: negative ones count down from base - 1; else
-        readings = ((True, _percpu), (False, _plus_base_unsigned))  # offsets of 2 GiB+
-    for percpu, read in readings:
-        if _sorted(read(raw[:PROBE], base, mask)):
+    head = struct.unpack_from(f"<{min(n, PROBE)}i", data, where)
+    fits = [(percpu, read) for percpu, read in READINGS if _sorted(read(head, base, mask))]
+    if not fits:
+        return None
+    raw = struct.unpack_from(f"<{n}i", data, where)
+    allowed = (_plus_base,) if min(raw) >= 0 else (_percpu, _plus_base_unsigned)
+    for percpu, read in fits:
+        if read in allowed:
             values = read(raw, base, mask)
             if _sorted(values):
                 return percpu, values
@@ -408,6 +412,10 @@ def _percpu(raw: Sequence[int], base: int, mask: int) -> list[int]:
 
 def _plus_base_unsigned(raw: Sequence[int], base: int, mask: int) -> list[int]:
     return [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
+
+
+# (absolute per-cpu, reader) in the order they are tried (see _relative)
+READINGS = ((False, _plus_base), (True, _percpu), (False, _plus_base_unsigned))
 
 
 def _sorted(values: list[int]) -> bool:
