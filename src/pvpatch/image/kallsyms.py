@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import itertools
 import struct
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, compress, pairwise, repeat
 from operator import add, itemgetter, lt, sub
+from typing import NamedTuple
 
 from pvpatch.image.elf import ElfImage, Section
 
@@ -230,17 +232,26 @@ def _with_markers(r: _Region, start: int, markers: list[int], width: int, table:
 def _try_names(r: _Region, layout: str, n: int, s: int, start: int, markers: list[int],
                width: int, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
     walk = _walk(r.data, s, n, start)
-    if walk is None or walk[1] != markers or not start - r.align < walk[0] <= start:
+    if walk is None or walk.markers != markers or not start - r.align < walk.end <= start:
         return None
-    return _finish(r, layout, n, s - r.align, s, walk[0], start, width, table, index, tokens,
-                   walk[2])
+    return _finish(r, layout, n, s - r.align, s, start, width, table, index, tokens, walk)
 
 
-def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list[int]] | None:
-    """Walk ``n`` name records from ``s``: (end, markers, record starts), None if they overrun."""
+class _Records(NamedTuple):
+    """Where a walk over the name records went."""
+
+    end: int  # past the last record
+    markers: list[int]  # the offset of every 256th record, as kallsyms_markers holds them
+    starts: list[int]  # of every record
+    big: list[int]  # starts of the records whose length takes two bytes (6.1+, rare)
+
+
+def _walk(data: bytes, s: int, n: int, limit: int) -> _Records | None:
+    """Walk ``n`` name records from ``s``; None if they overrun ``limit``."""
     if n <= 0:
         return None
     starts: list[int] = []
+    big: list[int] = []
     append = starts.append
     pos = s
     try:
@@ -248,6 +259,7 @@ def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list
             append(pos)
             length = data[pos]
             if length & 0x80:
+                big.append(pos)
                 length = (length & 0x7F) | (data[pos + 1] << 7)
                 pos += 1
             if not length or pos >= limit:
@@ -257,7 +269,7 @@ def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list
         return None
     if pos > limit:
         return None
-    return pos, [x - s for x in starts[::256]], starts
+    return _Records(pos, [x - s for x in starts[::256]], starts, big)
 
 
 def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
@@ -316,16 +328,15 @@ def _names_of_count(r: _Region, start: int, markers: list[int], n: int, table: i
 
 # -- 3. addresses and names ----------------------------------------------------------------
 
-def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, names_end: int,
-            markers: int, width: int, table: int, index: int, tokens: list[bytes],
-            starts: list[int]) -> Kallsyms | None:
+def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, markers: int, width: int,
+            table: int, index: int, tokens: list[bytes], records: _Records) -> Kallsyms | None:
     found = _addresses(r, n, n_at, index)
     if found is None:
         return None
     where, base, percpu, addrs, after = found
     if after and layout == "legacy":
         layout = "names-first"
-    decoded = _decode(r.data, names, names_end, starts, tokens)
+    decoded = _decode(r.data, records, tokens)
     if decoded is None:
         return None
     strtab, offsets, types = decoded
@@ -422,7 +433,7 @@ def _sorted(values: list[int]) -> bool:
     return values == sorted(values)  # in C; timsort is linear on sorted input
 
 
-def _decode(data: bytes, names: int, end: int, starts: list[int],
+def _decode(data: bytes, records: _Records,
             tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
     """Expand every name: each byte becomes its token (in C), length bytes a NUL.
 
@@ -433,10 +444,12 @@ def _decode(data: bytes, names: int, end: int, starts: list[int],
     """
     if any(b"\0" in t for t in tokens):
         return None
+    starts, n = records.starts, len(records.starts)
     texts, lengths, types = [], [], []
-    for i in range(0, len(starts), DECODE_NAMES):
-        stop = starts[i + DECODE_NAMES] if i + DECODE_NAMES < len(starts) else end
-        found = _decode_names(data, starts[i:i + DECODE_NAMES], stop, tokens)
+    for i in range(0, n, DECODE_NAMES):
+        stop = starts[i + DECODE_NAMES] if i + DECODE_NAMES < n else records.end
+        big = records.big[bisect_left(records.big, starts[i]):bisect_left(records.big, stop)]
+        found = _decode_names(data, starts[i:i + DECODE_NAMES], stop, big, tokens)
         if found is None:
             return None
         texts.append(found[0])
@@ -448,21 +461,17 @@ def _decode(data: bytes, names: int, end: int, starts: list[int],
     return b"".join(texts), offsets, b"".join(types)
 
 
-def _decode_names(data: bytes, starts: list[int], stop: int,
+def _decode_names(data: bytes, starts: list[int], stop: int, big: list[int],
                   tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
-    """The records at ``starts`` (ending at ``stop``) as ``"\0Tname\0tname2…"``, with the
-    length and type letter of each name; None if one expands to less than a letter and a
-    character."""
+    """The records at ``starts`` (ending at ``stop``; those at ``big`` with two length bytes)
+    as ``"\0Tname\0tname2…"``, with the length and type letter of each name; None if one
+    expands to less than a letter and a character."""
     first = starts[0]
-    blob = data[first:stop]
-    parts = list(map(tokens.__getitem__, blob))
-    at = list(map(sub, starts, repeat(first)))
-    sizes = itemgetter(*at)(blob) if len(at) > 1 else (blob[0],)
-    list(map(parts.__setitem__, at, repeat(b"\0")))  # each length byte → a separator
-    if max(sizes) & 0x80:  # "big" symbols (6.1+): their second length byte goes too
-        for i, size in zip(at, sizes, strict=True):
-            if size & 0x80:
-                parts[i + 1] = b""
+    blob = data[first:stop]  # 2+ bytes: a length and a token at least
+    parts = list(itemgetter(*blob)(tokens))  # in C, and faster than map() per item
+    list(map(parts.__setitem__, map(sub, starts, repeat(first)), repeat(b"\0")))
+    for pos in big:  # the second length byte
+        parts[pos - first + 1] = b""
     text = b"".join(parts)
     pieces = text.split(b"\0")  # "", then type letter + name per record
     del pieces[0]
