@@ -55,7 +55,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 LZ4_LEGACY_MAGIC = 0x184C2102
 LZ4_LEGACY_BLOCK = 8 << 20
 MAX_KERNEL = 1 << 31  # refuse to inflate past 2 GiB: no vmlinux.bin is that large
-MAX_RATIO = 32  # kernels compress 3–10x: a larger appended size is not trusted for one-shot
+MAX_RATIO = 16  # kernels compress 3–8x: a larger appended size is not trusted (see decompress)
 CHUNK = 1 << 20
 
 # payload magic → method; checked in this order at the payload's first byte
