@@ -40,11 +40,14 @@ and 2.6.9-and-older (stem compression) tables are not supported.
 
 from __future__ import annotations
 
+import itertools
 import struct
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate, pairwise, repeat
-from operator import itemgetter
+from itertools import accumulate, compress, pairwise, repeat
+from operator import add, itemgetter, lt, sub
+from typing import NamedTuple
 
 from pvpatch.image.elf import ElfImage, Section
 
@@ -52,6 +55,8 @@ DIGITS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
 MAX_TOKEN_TABLE = 16384
 MAX_RECORD = 0x3FFF + 2
 TYPICAL_RECORD = 256  # bytes a name record takes at most, in practice, while searching
+PROBE = 1024  # addresses checked for order before a whole candidate table is read
+DECODE_NAMES = 512  # names expanded per step (see _decode)
 
 
 @dataclass(frozen=True)
@@ -227,17 +232,26 @@ def _with_markers(r: _Region, start: int, markers: list[int], width: int, table:
 def _try_names(r: _Region, layout: str, n: int, s: int, start: int, markers: list[int],
                width: int, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
     walk = _walk(r.data, s, n, start)
-    if walk is None or walk[1] != markers or not start - r.align < walk[0] <= start:
+    if walk is None or walk.markers != markers or not start - r.align < walk.end <= start:
         return None
-    return _finish(r, layout, n, s - r.align, s, walk[0], start, width, table, index, tokens,
-                   walk[2])
+    return _finish(r, layout, n, s - r.align, s, start, width, table, index, tokens, walk)
 
 
-def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list[int]] | None:
-    """Walk ``n`` name records from ``s``: (end, markers, record starts), None if they overrun."""
+class _Records(NamedTuple):
+    """Where a walk over the name records went."""
+
+    end: int  # past the last record
+    markers: list[int]  # the offset of every 256th record, as kallsyms_markers holds them
+    starts: list[int]  # of every record
+    big: list[int]  # starts of the records whose length takes two bytes (6.1+, rare)
+
+
+def _walk(data: bytes, s: int, n: int, limit: int) -> _Records | None:
+    """Walk ``n`` name records from ``s``; None if they overrun ``limit``."""
     if n <= 0:
         return None
     starts: list[int] = []
+    big: list[int] = []
     append = starts.append
     pos = s
     try:
@@ -245,6 +259,7 @@ def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list
             append(pos)
             length = data[pos]
             if length & 0x80:
+                big.append(pos)
                 length = (length & 0x7F) | (data[pos + 1] << 7)
                 pos += 1
             if not length or pos >= limit:
@@ -254,7 +269,7 @@ def _walk(data: bytes, s: int, n: int, limit: int) -> tuple[int, list[int], list
         return None
     if pos > limit:
         return None
-    return pos, [x - s for x in starts[::256]], starts
+    return _Records(pos, [x - s for x in starts[::256]], starts, big)
 
 
 def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
@@ -313,21 +328,18 @@ def _names_of_count(r: _Region, start: int, markers: list[int], n: int, table: i
 
 # -- 3. addresses and names ----------------------------------------------------------------
 
-def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, names_end: int,
-            markers: int, width: int, table: int, index: int, tokens: list[bytes],
-            starts: list[int]) -> Kallsyms | None:
+def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, markers: int, width: int,
+            table: int, index: int, tokens: list[bytes], records: _Records) -> Kallsyms | None:
     found = _addresses(r, n, n_at, index)
     if found is None:
         return None
     where, base, percpu, addrs, after = found
     if after and layout == "legacy":
         layout = "names-first"
-    decoded = _decode(r.data, names, names_end, starts, tokens)
+    decoded = _decode(r.data, records, tokens)
     if decoded is None:
         return None
-    strtab, offsets = decoded
-    types = bytes(itemgetter(*(o - 1 for o in offsets))(strtab)) if n > 1 \
-        else strtab[offsets[0] - 1:offsets[0]]
+    strtab, offsets, types = decoded
     return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + table,
                     r.addr + index, r.addr + where, base, percpu, strtab, offsets, addrs, types)
 
@@ -353,56 +365,117 @@ def _addresses(r: _Region, n: int, n_at: int,
         if rb_at_ is None:
             if where + ptr * n > r.size:
                 continue
-            addrs = list(struct.unpack_from(f"<{n}{'Q' if ptr == 8 else 'I'}", r.data, where))
+            fmt = "Q" if ptr == 8 else "I"
+            if not _sorted(list(struct.unpack_from(f"<{min(n, PROBE)}{fmt}", r.data, where))):
+                continue  # not sorted from the start: no need to read all n
+            addrs = list(struct.unpack_from(f"<{n}{fmt}", r.data, where))
             if _sorted(addrs) and addrs[-1]:
                 return where, None, False, addrs, after
             continue
         if rb_at_ + ptr > r.size or where + 4 * n > r.size:
             continue
         base = r.word(rb_at_, ptr)
-        raw = struct.unpack_from(f"<{n}i", r.data, where)
-        mask = (1 << (8 * ptr)) - 1
-        if min(raw) >= 0:  # all relative to the base
-            values = [(base + o) & mask for o in raw]
-            if _sorted(values):
-                return where, base, False, values, after
-        else:  # KALLSYMS_ABSOLUTE_PERCPU: negative ones count down from base - 1
-            values = [o if o >= 0 else (base - 1 - o) & mask for o in raw]
-            if _sorted(values):
-                return where, base, True, values, after
-            values = [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
-            if _sorted(values):  # relative offsets of 2 GiB and more
-                return where, base, False, values, after
+        found = _relative(r.data, where, n, base, (1 << (8 * ptr)) - 1)
+        if found is not None:
+            return where, base, found[0], found[1], after
     return None
+
+
+def _relative(data: bytes, where: int, n: int, base: int,
+              mask: int) -> tuple[bool, list[int]] | None:
+    """(absolute per-cpu, addresses) of the ``n`` kallsyms_offsets at ``where``, if they
+    come out sorted.
+
+    All offsets non-negative: each is relative to the base. Otherwise KALLSYMS_ABSOLUTE_PERCPU
+    (negative ones count down from base - 1), else offsets of 2 GiB and more. Most candidate
+    places are not the table: the readings are tried on the first ``PROBE`` offsets before
+    the table is read whole, and a prefix out of order means the whole is.
+    """
+    head = struct.unpack_from(f"<{min(n, PROBE)}i", data, where)
+    fits = [(percpu, read) for percpu, read in READINGS if _sorted(read(head, base, mask))]
+    if not fits:
+        return None
+    raw = struct.unpack_from(f"<{n}i", data, where)
+    allowed = (_plus_base,) if min(raw) >= 0 else (_percpu, _plus_base_unsigned)
+    for percpu, read in fits:
+        if read in allowed:
+            values = read(raw, base, mask)
+            if _sorted(values):
+                return percpu, values
+    return None
+
+
+def _plus_base(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    if base + min(raw) >= 0 and base + max(raw) <= mask:  # nothing wraps: add in C
+        return list(map(add, repeat(base), raw))
+    return [(base + o) & mask for o in raw]
+
+
+def _percpu(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    """Per-cpu symbols sort first (the lowest addresses), so a table that will pass the order
+    check is non-negative offsets, then negative ones only: that shape is converted in C."""
+    k = next(compress(itertools.count(), map(lt, raw, repeat(0))), len(raw))  # the first negative
+    tail = raw[k:]
+    if not tail or (max(tail) < 0 and base - 1 - min(tail) <= mask):
+        return [*raw[:k], *map(sub, repeat(base - 1), tail)]
+    return [o if o >= 0 else (base - 1 - o) & mask for o in raw]
+
+
+def _plus_base_unsigned(raw: Sequence[int], base: int, mask: int) -> list[int]:
+    return [(base + (o & 0xFFFFFFFF)) & mask for o in raw]
+
+
+# (absolute per-cpu, reader) in the order they are tried (see _relative)
+READINGS = ((False, _plus_base), (True, _percpu), (False, _plus_base_unsigned))
 
 
 def _sorted(values: list[int]) -> bool:
     return values == sorted(values)  # in C; timsort is linear on sorted input
 
 
-def _decode(data: bytes, names: int, end: int, starts: list[int],
-            tokens: list[bytes]) -> tuple[bytes, list[int]] | None:
-    """Expand every name at once: each byte becomes its token (in C), length bytes a NUL.
+def _decode(data: bytes, records: _Records,
+            tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
+    """Expand every name: each byte becomes its token (in C), length bytes a NUL.
 
-    Returns the string table ``"\0Tname\0tname2\0…"`` and each name's offset in it, past
-    its type letter: the names are looked up as NUL-terminated tails, like ELF names.
+    Returns the string table ``"\0Tname\0tname2\0…"``, each name's offset in it past its
+    type letter (the names are looked up as NUL-terminated tails, like ELF names) and the
+    type letters. Names are expanded ``DECODE_NAMES`` at a time: the lists of tokens then
+    stay small and in cache instead of one per byte of the table (~2M on 6.12).
     """
     if any(b"\0" in t for t in tokens):
         return None
-    blob = data[names:end]
-    parts = list(map(tokens.__getitem__, blob))
-    at = [x - names for x in starts]
-    lengths = itemgetter(*at)(blob) if len(at) > 1 else (blob[at[0]],)
-    nul = repeat(b"\0", len(at))
-    list(map(parts.__setitem__, at, nul))  # each length byte becomes the separator (in C)
-    if max(lengths) & 0x80:  # "big" symbols (6.1+): their second length byte goes too
-        for i, length in zip(at, lengths, strict=True):
-            if length & 0x80:
-                parts[i + 1] = b""
-    parts.append(b"\0")
-    strtab = b"".join(parts)
-    lengths = list(map(len, strtab.split(b"\0")))[1:-1]  # type letter + name, per symbol
+    starts, n = records.starts, len(records.starts)
+    texts, lengths, types = [], [], []
+    for i in range(0, n, DECODE_NAMES):
+        stop = starts[i + DECODE_NAMES] if i + DECODE_NAMES < n else records.end
+        big = records.big[bisect_left(records.big, starts[i]):bisect_left(records.big, stop)]
+        found = _decode_names(data, starts[i:i + DECODE_NAMES], stop, big, tokens)
+        if found is None:
+            return None
+        texts.append(found[0])
+        lengths += found[1]
+        types.append(found[2])
+    texts.append(b"\0")
+    offsets = list(accumulate(map((1).__add__, lengths), initial=2))
+    offsets.pop()
+    return b"".join(texts), offsets, b"".join(types)
+
+
+def _decode_names(data: bytes, starts: list[int], stop: int, big: list[int],
+                  tokens: list[bytes]) -> tuple[bytes, list[int], bytes] | None:
+    """The records at ``starts`` (ending at ``stop``; those at ``big`` with two length bytes)
+    as ``"\0Tname\0tname2…"``, with the length and type letter of each name; None if one
+    expands to less than a letter and a character."""
+    first = starts[0]
+    blob = data[first:stop]  # 2+ bytes: a length and a token at least
+    parts = list(itemgetter(*blob)(tokens))  # in C, and faster than map() per item
+    list(map(parts.__setitem__, map(sub, starts, repeat(first)), repeat(b"\0")))
+    for pos in big:  # the second length byte
+        parts[pos - first + 1] = b""
+    text = b"".join(parts)
+    pieces = text.split(b"\0")  # "", then type letter + name per record
+    del pieces[0]
+    lengths = list(map(len, pieces))
     if len(lengths) != len(starts) or min(lengths) < 2:
         return None
-    offsets = list(accumulate((x + 1 for x in lengths), initial=2))[:-1]
-    return strtab, offsets
+    return text, lengths, bytes(map(itemgetter(0), pieces))

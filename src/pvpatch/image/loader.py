@@ -73,7 +73,7 @@ def open_bzimage(path: str, progress: Say | None = None) -> ElfImage:
     return ElfImage.from_bytes(memoryview(elf)[:end], path, boot)
 
 
-def inflate(data: bytes, boot: BootImage, progress: Say | None = None) -> bytes:
+def inflate(data: bytes, boot: BootImage, progress: Say | None = None) -> bytes | bytearray:
     """Decompress the payload, telling ``progress`` how far it got every ~10%."""
     size = mib(boot.payload_length)
     if progress is None:

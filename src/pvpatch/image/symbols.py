@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import accumulate, compress
+from operator import sub
 from typing import TYPE_CHECKING
 
 from pvpatch.image import layouts as L
@@ -162,8 +163,7 @@ class SymbolTable:
         n = len(addrs)
         shndx = array("H", [SHN_ABS]) * n
         sizes = array("Q", bytes(8 * n))
-        info = bytearray(letters.translate(_INFO_DATA))  # absolute symbols: fixed below
-        abs_info = letters.translate(_INFO_ABS)
+        info = bytearray(letters.translate(_INFO_ABS))  # outside every section; sections below
         exec_idx = set()
         for sec in sorted((s for s in image.sections if s.is_alloc and s.size),
                           key=lambda s: (s.addr, not s.has_file_data)):
@@ -174,16 +174,8 @@ class SymbolTable:
             if lo == hi or shndx[lo] != SHN_ABS:  # empty, or a section with data won
                 continue
             shndx[lo:hi] = array("H", [sec.index]) * (hi - lo)
-            if sec.is_exec:
-                info[lo:hi] = letters[lo:hi].translate(_INFO_EXEC)
-            nxt = sec.addr + sec.size  # the next higher symbol address in this section
-            for i in range(hi - 1, lo - 1, -1):
-                a = addrs[i]
-                sizes[i] = nxt - a
-                if i > lo and addrs[i - 1] != a:
-                    nxt = a
-        for i in (i for i, x in enumerate(shndx) if x == SHN_ABS):
-            info[i] = abs_info[i]
+            info[lo:hi] = letters[lo:hi].translate(_INFO_EXEC if sec.is_exec else _INFO_DATA)
+            sizes[lo:hi] = _sizes_to_next(addrs[lo:hi], sec.addr + sec.size)
         raw = bytearray(n * L.SYM[image.bits].size)
         mv = memoryview(raw)
         if image.bits == 64:  # Elf64_Sym: name@0 info@4 other@5 shndx@6 value@8 size@16
@@ -422,3 +414,19 @@ class SymbolTable:
             if self._columns["name"][pos] and self._defined(pos):
                 return self._symbol(pos).name
             pos += 1
+
+
+def _sizes_to_next(addrs: Sequence[int], end: int) -> array:
+    """For sorted ``addrs``, each one's distance to the next higher one, the last's to ``end``.
+
+    Neighbour differences are taken in C; a run of equal addresses (aliases, a fraction of a
+    percent of a kernel's symbols) then gets the size of its last member, back to front.
+    """
+    sizes = array("Q", map(sub, [*addrs[1:], end], addrs))
+    zeros, pos = [], 0
+    for _ in range(sizes[:-1].count(0)):  # found by array.index, a C scan
+        pos = sizes.index(0, pos) + 1
+        zeros.append(pos - 1)
+    for i in reversed(zeros):
+        sizes[i] = sizes[i + 1]
+    return sizes
