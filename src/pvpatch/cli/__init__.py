@@ -6,9 +6,12 @@ the result to a renderer. Exit status: 0 fine, 1 a check failed, 2 usage or inpu
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
+import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -77,6 +80,26 @@ def cli() -> None:
 GC_THRESHOLD = 50_000
 
 
-def main() -> None:
+def main() -> NoReturn:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
-    cli(prog_name="pvpatch")
+    try:
+        cli(prog_name="pvpatch")  # standalone mode: it always ends in SystemExit
+    except SystemExit as e:
+        _leave(e.code)
+    _leave(EXIT_OK)
+
+
+def _leave(code: int | str | None) -> NoReturn:
+    """Exit with ``code`` once the output is flushed, without tearing the heap down.
+
+    Every file a command writes is closed by then (the writer renames its output into place
+    before returning), so nothing is lost; what is skipped is freeing a few hundred thousand
+    objects one by one and the interpreter's last full collection: ~50 ms of a ``check``.
+    """
+    if isinstance(code, str):  # sys.exit("message"): Python prints it and exits 1
+        click.echo(code, err=True)
+        code = EXIT_CHECK_FAILED
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`), a closed stream
+            stream.flush()
+    os._exit(EXIT_OK if code is None else code)
