@@ -93,7 +93,7 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
                                           for i, name in enumerate(names)]
     jobs[0].insert(0, (0, lambda: _image_part(ctx)))
     if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to the backend
-        jobs[names.index("xen")].append((1 + len(names), lambda: _xen_part(model)))
+        jobs[0].append((1 + len(names), lambda: _xen_part(model)))
     _ = model.sites  # what every job reads, built once before the workers fork
     model.image.symbols.index_code()
     for part in _run_jobs(jobs):
@@ -111,8 +111,9 @@ def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
 
     A job is one backend with the units that ride along. Each backend plans the whole boot
     on its own (the costly part), so the jobs run in parallel (parallel.fork_map), sharing
-    nothing but the read-only model. The Xen notes go with the Xen backend, whose symbol
-    lookups they reuse; the image-wide checks with the first backend, in this process.
+    nothing but the read-only model. Xen's plan is the longest (dozens of symbol lookups,
+    its functions' clobber analysis), so the cheap image-wide units and the Xen notes ride
+    with the first backend, in this process.
     """
     done = fork_map(_run_job, jobs)
     return [part for _rank, part in sorted((pair for parts in done for pair in parts),

@@ -53,8 +53,9 @@ _INFO_ABS = _info_table({"*": L.STT_NOTYPE})
 # st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
 _CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
 # name lookups answered by searching the raw table (~3 ms each) before an index is built
-# (~35 ms, see below): inspect asks for two or three, a native plan for about seven more
-RAW_SEARCHES = 10
+# (~35 ms, see below): inspect asks for two or three; check's first worker, planning native
+# and reading the Xen notes' evidence symbols, for about a dozen
+RAW_SEARCHES = 14
 # st_info → rank bits of a code symbol at a shared address: function 4, non-local 2
 # (a sized symbol adds 1, see _code_index)
 _RANK = bytes(((b & 0xF) == L.STT_FUNC) << 2 | (b >> 4 != 0) << 1 for b in range(256))
@@ -342,6 +343,11 @@ class SymbolTable:
     def index_code(self) -> None:
         """Sort the code symbols now: before forking workers, so that they share the index."""
         _ = self._code_index
+
+    def index_names(self) -> None:
+        """Sort the records by name now: for a caller about to look up dozens of names, for
+        which searching the raw table first would only add to the sort it ends in."""
+        _ = self._rows_by_name
 
     def at(self, addr: int) -> Symbol | None:
         """The code symbol whose value is exactly ``addr``.
