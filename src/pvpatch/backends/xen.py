@@ -62,7 +62,6 @@ def _short(v: tuple[int, int, int]) -> str:
 
 
 def resolve(model: KernelModel, vcpus: int) -> Backend:
-    model.image.symbols.index_names()  # the rules name dozens of functions
     why = unsupported(model)
     if why is not None:
         raise InputError(why, model.image.path)

@@ -52,10 +52,6 @@ _INFO_ABS = _info_table({"*": L.STT_NOTYPE})
 
 # st_info byte → 1 when its type (low nibble) can name code: STT_FUNC or STT_NOTYPE
 _CODE_TYPES = bytes(1 if (b & 0xF) in (L.STT_FUNC, L.STT_NOTYPE) else 0 for b in range(256))
-# name lookups answered by searching the raw table (~3 ms each) before an index is built
-# (~35 ms, see below): inspect asks for two or three; check's first worker, planning native
-# and reading the Xen notes' evidence symbols, for about a dozen
-RAW_SEARCHES = 14
 # st_info → rank bits of a code symbol at a shared address: function 4, non-local 2
 # (a sized symbol adds 1, see _code_index)
 _RANK = bytes(((b & 0xF) == L.STT_FUNC) << 2 | (b >> 4 != 0) << 1 for b in range(256))
@@ -107,7 +103,6 @@ class SymbolTable:
         self._lookups: dict[str, list[Symbol]] = {}
         self._at_cache: dict[int, Symbol | None] = {}
         self._named: dict[int, str | None] = {}  # names_at results, misses included
-        self._raw_searches = 0
         self.kallsyms: object | None = None  # the located tables when source is "kallsyms"
 
     @classmethod
@@ -231,41 +226,25 @@ class SymbolTable:
         return sorted(i for i in found if self._defined(i))
 
     def _records_named(self, name_off: int) -> list[int]:
-        """Record indexes whose st_name is ``name_off``.
-
-        The first few are searched for in the raw table (no set-up: ``inspect`` and a native
-        plan ask for a handful of names); a command that asks for dozens (a Xen backend's op
-        tables) gets a sorted st_name index once, ~35 ms, after which each lookup is a
-        bisection.
-        """
-        if "_rows_by_name" not in self.__dict__ and self._raw_searches < RAW_SEARCHES:
-            self._raw_searches += 1
-            return self._search_raw(name_off)
-        keys, rows = self._rows_by_name
-        lo, hi = bisect.bisect_left(keys, name_off), bisect.bisect_right(keys, name_off)
-        return sorted(rows[lo:hi])
-
-    def _search_raw(self, name_off: int) -> list[int]:
-        """st_name is the first word of every ELF symbol: search the raw bytes for it and keep
-        the hits on a record boundary."""
-        raw, size = self._raw, self._entsize
-        needle = name_off.to_bytes(4, "little")
+        """Record indexes whose st_name is ``name_off``: a search of the packed st_name
+        column (4 bytes a record, ~0.5 MB for a debug kernel; hits off a word boundary are
+        other names' bytes). ~0.5 ms a name and no set-up to speak of, where sorting the
+        records by name cost ~40 ms before the first lookup."""
+        column, needle = self._name_column, name_off.to_bytes(4, "little")
         out: list[int] = []
-        pos = raw.find(needle)
+        pos = column.find(needle)
         while pos >= 0:
-            if pos % size == 0:
-                out.append(pos // size)
-                pos = raw.find(needle, pos + size)
+            if pos % 4 == 0:
+                out.append(pos // 4)
+                pos = column.find(needle, pos + 4)
             else:
-                pos = raw.find(needle, pos + 1)
+                pos = column.find(needle, pos + 1)
         return out
 
     @cached_property
-    def _rows_by_name(self) -> tuple[list[int], list[int]]:
-        """(st_name values sorted, their record indexes), for bisection."""
-        names = memoryview(self._raw).cast("I")[0::self._entsize // 4].tolist()
-        rows = sorted(range(len(names)), key=names.__getitem__)
-        return list(map(names.__getitem__, rows)), rows
+    def _name_column(self) -> bytes:
+        """Every record's st_name (the first word of an ELF symbol), packed, in C."""
+        return memoryview(self._raw).cast("I")[0::self._entsize // 4].tobytes()
 
     @cached_property
     def _columns(self) -> dict[str, list[int]]:
@@ -344,10 +323,6 @@ class SymbolTable:
         """Sort the code symbols now: before forking workers, so that they share the index."""
         _ = self._code_index
 
-    def index_names(self) -> None:
-        """Sort the records by name now: for a caller about to look up dozens of names, for
-        which searching the raw table first would only add to the sort it ends in."""
-        _ = self._rows_by_name
 
     def at(self, addr: int) -> Symbol | None:
         """The code symbol whose value is exactly ``addr``.
