@@ -7,6 +7,7 @@ backend) pair is a *suite*, which the JUnit renderer turns into one testsuite.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -115,15 +116,17 @@ def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
     its functions' clobber analysis), so the cheap image-wide units and the Xen notes ride
     with the first backend, in this process.
     """
-    done = fork_map(_run_job, jobs)
+    here = os.getpid()
+
+    def run_job(job: list[tuple[int, Unit]]) -> list[tuple[int, Part]]:
+        parts = [(rank, unit()) for rank, unit in job]
+        if os.getpid() == here:  # the report needs the registry: build it while workers finish
+            load_registry()
+        return parts
+
+    done = fork_map(run_job, jobs)
     return [part for _rank, part in sorted((pair for parts in done for pair in parts),
                                            key=lambda pair: pair[0])]
-
-
-def _run_job(job: list[tuple[int, Unit]]) -> list[tuple[int, Part]]:
-    parts = [(rank, unit()) for rank, unit in job]
-    load_registry()  # the report needs it: build it here, while the other workers finish
-    return parts
 
 
 def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool) -> Unit:
