@@ -16,6 +16,7 @@ from typing import NoReturn
 import click
 
 from pvpatch import __version__
+from pvpatch.cli.common import exiting_without_teardown
 from pvpatch.errors import InputError, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
@@ -82,6 +83,7 @@ GC_THRESHOLD = 50_000
 
 def main() -> NoReturn:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    exiting_without_teardown()
     try:
         cli(prog_name="pvpatch")  # standalone mode: it always ends in SystemExit
     except SystemExit as e:

@@ -9,7 +9,7 @@ import sys
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import image_options, progress, say_progress
+from pvpatch.cli.common import image_options, keep_until_exit, progress, say_progress
 from pvpatch.errors import UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
@@ -66,6 +66,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
     with contextlib.ExitStack() as stack:
         model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map, btf=btf,
                                                      progress=say_progress()))
+        keep_until_exit(model)
         boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
         data = None if boot is None else model.image.data  # the vmlinux inside the bzImage
         out = None if dry_run else stack.enter_context(

@@ -10,7 +10,7 @@ import click
 from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
-from pvpatch.cli.common import image_options, say_progress
+from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.errors import InputError, UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.render.check import check_dict, failing, render_junit, render_text, verdict_line
@@ -65,6 +65,7 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
         raise UsageError("-o would overwrite the image itself: give the report another name")
     with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
                            progress=say_progress()) as model:
+        keep_until_exit(model)
         run = run_checks(model, names, vcpus, explicit)
     base = load_baseline(baseline, names, vcpus) if baseline else None
     run.findings = mark_known(run.findings, base)

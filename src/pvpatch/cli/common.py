@@ -10,6 +10,25 @@ import click
 
 F = TypeVar("F", bound=Callable[..., object])
 
+_KEPT: list[object] | None = None  # a list once main() promised to leave with os._exit
+
+
+def keep_until_exit(obj: object) -> None:
+    """Hold ``obj`` until the process ends, when ``pvpatch.cli.main`` runs the command.
+
+    main() leaves with ``os._exit``, so a loaded model (hundreds of thousands of objects) need
+    not be freed one by one when the command returns: ~25 ms of a ``check``. Elsewhere (click's
+    test runner, a caller's own process) objects are freed as usual.
+    """
+    if _KEPT is not None:
+        _KEPT.append(obj)
+
+
+def exiting_without_teardown() -> None:
+    """Called by main(): from now on :func:`keep_until_exit` holds what it is given."""
+    global _KEPT
+    _KEPT = []
+
 
 def progress(message: str) -> None:
     """Say what a long step is doing, only when a person is watching stderr."""

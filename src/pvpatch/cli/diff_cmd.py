@@ -7,7 +7,7 @@ from collections import Counter
 
 import click
 
-from pvpatch.cli.common import image_options, say_progress
+from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.errors import InputError
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.model import KernelModel
@@ -39,6 +39,7 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
     say = say_progress()
     with KernelModel.open(original, system_map=system_map, btf=btf, progress=say) as model, \
             open_image(patched, progress=say) as other:
+        keep_until_exit((model, other))
         if other.machine != model.image.machine:
             raise InputError(f"is {other.machine}, the original is {model.image.machine}",
                              patched)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from pvpatch.cli.common import say_progress
+from pvpatch.cli.common import keep_until_exit, say_progress
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import open_image
 from pvpatch.patch.writer import PatchedCopy
@@ -33,6 +33,7 @@ def extract(vmlinuz: str, output: str, as_json: bool) -> None:
       pvpatch extract vmlinuz --json -o vmlinux | jq .compression
     """
     with open_image(vmlinuz, progress=say_progress()) as image:
+        keep_until_exit(image)
         boot = image.origin if isinstance(image.origin, BootImage) else None
         data = None if boot is None else image.data
         with PatchedCopy(vmlinuz, output, data=data) as out:

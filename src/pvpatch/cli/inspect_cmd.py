@@ -8,7 +8,7 @@ import json
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import image_options, say_progress
+from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
@@ -57,6 +57,7 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
     """
     with KernelModel.open(vmlinux, layout, system_map=system_map, btf=btf,
                           progress=say_progress()) as model:
+        keep_until_exit(model)
         sites = select(model.sites.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:

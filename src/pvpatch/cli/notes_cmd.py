@@ -6,7 +6,7 @@ import json
 
 import click
 
-from pvpatch.cli.common import image_options, say_progress
+from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.image.loader import describe_input, open_image
 from pvpatch.kernel.xen_checks import run_checks
 from pvpatch.kernel.xen_notes import read_xen_notes
@@ -51,6 +51,7 @@ def notes(vmlinux: str, check: bool, system_map: str | None, as_json: bool) -> N
       pvpatch notes vmlinux --check --json | jq '.verdicts[] | {label, loads, failed}'
     """
     with open_image(vmlinux, system_map=system_map, progress=say_progress()) as image:
+        keep_until_exit(image)
         xen = read_xen_notes(image)
         report = run_checks(xen) if check else None
         if as_json:
