@@ -291,31 +291,42 @@ def optimize_nops(code: bytes, bits: int, nops: NopTable) -> bytes:
 # -- clobber-mask validation -----------------------------------------------------------------
 
 def check_clobbers(model: KernelModel, patches: list[SitePatch]) -> None:
-    """Where a record carries a clobber mask, the replacement must stay inside it."""
+    """Where a record carries a clobber mask, the replacement must stay inside it.
+
+    Thousands of sites share a few (replacement, mask) pairs, so each pair is judged once."""
     analyzer = ClobberAnalyzer(model.image)
-    bits = model.clobber_bits
-    allowed_by_mask: dict[int, frozenset[str]] = {}
+    bits, abi = model.clobber_bits, C_ABI[model.image.bits]
+    judged: dict[tuple[object, int], tuple[list[str], str, list[str], str]] = {}
     for sp in patches:
         mask = sp.site.clobbers
         if mask is None or sp.outcome == "unpatched":
             continue
-        allowed = allowed_by_mask.get(mask)
-        if allowed is None:
-            allowed = allowed_by_mask[mask] = _allowed(bits, mask)
-        if sp.outcome in ("direct-call", "bug-call") and sp.target is not None:
-            if C_ABI[model.image.bits] <= allowed:  # any C function fits: nothing to prove
-                found = Clobbers(C_ABI[model.image.bits], "C ABI (the mask allows it all)")
-            else:
-                found = analyzer.for_target(sp.target)
-        else:
-            found = analyzer.inline(sp.after, sp.site.address)
-        sp.clobbered = list(_in_order(found.regs))
-        sp.clobber_source = found.how
-        sp.violations = [r for r in sp.clobbered if r not in allowed]
-        if sp.violations:
-            sp.problems.append(f"clobbers {','.join(sp.violations)} outside the site's mask "
-                               f"{mask:#x} ({','.join(bits.decode(mask)) or 'none'}); "
-                               f"from {found.how}")
+        call = sp.outcome in ("direct-call", "bug-call") and sp.target is not None
+        key = (sp.target if call else sp.after, mask)
+        if key not in judged:
+            judged[key] = _judge(analyzer, bits, abi, sp, mask, call)
+        clobbered, sp.clobber_source, violations, problem = judged[key]
+        sp.clobbered, sp.violations = list(clobbered), list(violations)
+        if problem:
+            sp.problems.append(problem)
+
+
+def _judge(analyzer: ClobberAnalyzer, bits: ClobberBits, abi: frozenset[str], sp: SitePatch,
+           mask: int, call: bool) -> tuple[list[str], str, list[str], str]:
+    """(registers written, where that was read from, those outside the mask, the problem)."""
+    allowed = _allowed(bits, mask)
+    if call and abi <= allowed:  # any C function fits: nothing to prove
+        found = Clobbers(abi, "C ABI (the mask allows it all)")
+    elif call:
+        found = analyzer.for_target(sp.target)
+    else:
+        found = analyzer.inline(sp.after, sp.site.address)
+    clobbered = list(_in_order(found.regs))
+    violations = [r for r in clobbered if r not in allowed]
+    problem = (f"clobbers {','.join(violations)} outside the site's mask {mask:#x} "
+               f"({','.join(bits.decode(mask)) or 'none'}); from {found.how}"
+               if violations else "")
+    return clobbered, found.how, violations, problem
 
 
 @lru_cache(maxsize=256)
