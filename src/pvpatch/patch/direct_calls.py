@@ -16,6 +16,7 @@ pv sites, each a small function over a byte buffer like the kernel's own:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from pvpatch.backends import Backend
@@ -73,30 +74,34 @@ def _skip_nops(buf: bytearray, offset: int, bits: int) -> int:
 
 def optimize_nops(buf: bytearray, bits: int, nops: NopTable) -> None:
     """``optimize_nops()`` of 6.12: every NOP run becomes one NOP, unless it ends the buffer."""
+    buf[:] = _optimized(bytes(buf), bits, nops)
+
+
+@lru_cache(maxsize=4096)
+def _optimized(code: bytes, bits: int, nops: NopTable) -> bytes:
+    """optimize_nops on bytes. Cached: the result depends on the bytes alone, and ~7000
+    entries of a 6.12 kernel hold a few dozen distinct byte strings."""
+    buf = bytearray(code)
     i = 0
     while i < len(buf):
         size = first_length(bytes(buf[i:]), bits)
         if size is None:  # insn_decode_kernel() failed
-            return
+            break
         nxt = i + size
         if is_nop(bytes(buf[i:nxt])):
             if nxt == len(buf):  # "Has the NOP already been optimized?"
-                return
+                break
             nxt = _skip_nops(buf, nxt, bits)
             buf[i:nxt] = add_nop(nxt - i, nops)
         i = nxt
+    return bytes(buf)
 
 
 def apply_relocation(buf: bytearray, instr: int, repl: int, repl_len: int, bits: int) -> None:
     """``__apply_relocation()``: relative branches and RIP-relative operands that point out
     of the replacement move with it; a jmp.d32 that then reaches becomes jmp.d8 + int3."""
     shift = repl - instr
-    i = 0
-    while i < len(buf):
-        shape = _reloc_shape(buf, i, bits)
-        if shape is None:
-            return
-        size, imm_offset, imm_size, rip_disp = shape
+    for i, size, imm_offset, imm_size, rip_disp in _shapes(bytes(buf), bits):
         nxt, op = i + size, buf[i]
         relative = op in (CALL, JMP32, JMP8) or 0x70 <= op <= 0x7F or \
             (op == 0x0F and nxt - i > 1 and 0x80 <= buf[i + 1] <= 0x8F)
@@ -109,7 +114,23 @@ def apply_relocation(buf: bytearray, instr: int, repl: int, repl_len: int, bits:
                 buf[i:nxt] = bytes([JMP8, short & 0xFF]) + bytes([INT3]) * (nxt - i - 2)
         if rip_disp is not None:
             _reloc_field(buf, i + rip_disp[0], rip_disp[1], nxt - i, repl_len, shift)
-        i = nxt
+
+
+@lru_cache(maxsize=4096)
+def _shapes(code: bytes, bits: int) -> tuple[tuple[int, int, int, int, tuple[int, int] | None],
+                                             ...]:
+    """(offset, size, immediate offset, immediate size, RIP displacement) of each instruction
+    of ``code``, up to the first that does not decode. Rewriting one instruction never moves
+    the next, so the walk is a function of the bytes: cached, as entries share a few."""
+    out = []
+    i = 0
+    while i < len(code):
+        shape = _reloc_shape(code, i, bits)
+        if shape is None:
+            break
+        out.append((i, *shape))
+        i += shape[0]
+    return tuple(out)
 
 
 # (size, immediate's size) of the fixed-length opcodes (disasm.FIXED_LENGTH) that need no
@@ -117,7 +138,7 @@ def apply_relocation(buf: bytearray, instr: int, repl: int, repl_len: int, bits:
 _FIXED_SHAPE = {NOP1: (1, 0), INT3: (1, 0), CALL: (5, 4), JMP32: (5, 4), JMP8: (2, 1)}
 
 
-def _reloc_shape(buf: bytearray, i: int,
+def _reloc_shape(buf: bytes | bytearray, i: int,
                  bits: int) -> tuple[int, int, int, tuple[int, int] | None] | None:
     """(size, immediate offset, immediate size, (offset, size) of a RIP-relative displacement
     or None) of the instruction at ``i``; None when it does not decode."""
