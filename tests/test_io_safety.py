@@ -7,12 +7,14 @@ simulated ENOSPC), and a target folder nobody can create files in.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,17 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raising KeyboardInterrupt, as in a terminal: Python leaves it ignored when it
+    starts ignored (a background job of a script), which the test must not depend on."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("when", ["planning", "writing"])
 @pytest.mark.parametrize("interrupt", ["SIGINT", "SIGTERM"])
 def test_interrupt_leaves_nothing(kernel, tmp_path, monkeypatch, interrupt, when):
@@ -53,7 +66,8 @@ def test_interrupt_leaves_nothing(kernel, tmp_path, monkeypatch, interrupt, when
                                                                  getattr(signal, interrupt)))
     before = kernel.read_bytes()
     out = tmp_path / "out"
-    with pytest.raises((KeyboardInterrupt, SystemExit)), PatchedCopy(str(kernel), str(out)) as c:
+    with _ctrl_c_raises(), pytest.raises((KeyboardInterrupt, SystemExit)), \
+            PatchedCopy(str(kernel), str(out)) as c:
         if when == "planning":
             os.kill(os.getpid(), getattr(signal, interrupt))
         c.commit([Poke(0x100, b"\x90", 0)])
