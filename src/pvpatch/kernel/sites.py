@@ -42,6 +42,7 @@ class Site:
     native_name: str | None = None
     problems: list[str] = field(default_factory=list)
     kind: str | None = None  # 2.6.20–21: the op the enum type byte names
+    code: bytes | None = field(default=None, repr=False)  # the bytes, as the file has them
     _function: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -297,6 +298,7 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = Fals
     site.section = sec.name if sec else None
     site.symbols = image.symbols
     code = image.try_read(site.address, site.length) if 0 < site.length <= MAX_SITE_LEN else None
+    site.code = code
     if code:
         site.insns = decode(code, site.address, image.bits)
         site.call_target = next((i.mem_target for i in site.insns if i.is_indirect_branch), None)

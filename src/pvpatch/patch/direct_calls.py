@@ -188,9 +188,9 @@ def plan_direct_calls(model: KernelModel, backend: Backend, alts: AltTable,
     if bug_fn is None:
         raise InputError(f"no {era.bug_function} symbol: cannot patch DIRECT_CALL sites",
                          image.path)
-    patches = [SitePatch(s, image.read(s.address, s.length), image.read(s.address, s.length),
-                         "unpatched", reason="no alternative applied")
-               for s in model.sites.sites]
+    patches = [SitePatch(s, code, code, "unpatched", reason="no alternative applied")
+               for s in model.sites.sites
+               for code in [s.code if s.code is not None else image.read(s.address, s.length)]]
     by_addr = {p.site.address: p for p in patches}
     lengths = _nested_instrlens(alts.entries)
     used = 0

@@ -177,7 +177,7 @@ def _slot_patch(backend: Backend, slot_type: int, nop_fn: int | None, bug_fn: in
 
 def _paravirt_patch(model: KernelModel, site: Site, nops: NopTable, how: _SlotPatch
                     ) -> SitePatch:
-    before = model.image.read(site.address, site.length)
+    before = site.code if site.code is not None else model.image.read(site.address, site.length)
     if how.outcome == "unpatched":
         return SitePatch(site, before, before, "unpatched", reason=how.reason)
     used = call_rel32(site.address, how.target) if how.target is not None else b""
