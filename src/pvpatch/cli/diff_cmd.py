@@ -11,6 +11,7 @@ from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.errors import InputError
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import site_bytes
 from pvpatch.patch.observe import observe
 from pvpatch.patch.plan import OUTCOMES
 from pvpatch.render.apply import patch_dict, per_op, render_ops, render_sites
@@ -45,7 +46,7 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
                              patched)
         patches = []
         for s in model.sites.sites:
-            before = model.image.read(s.address, s.length)
+            before = site_bytes(model.image, s)
             after = other.try_read(s.address, s.length)
             if after is None:
                 raise InputError(f"has no bytes at site {s.address:#x}: not the same kernel?",

@@ -70,8 +70,6 @@ def _or(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") | int.from_bytes(b, "little")).to_bytes(len(a), "little")
 
 
-
-
 @dataclass(frozen=True)
 class Symbol:
     name: str
@@ -322,7 +320,6 @@ class SymbolTable:
     def index_code(self) -> None:
         """Sort the code symbols now: before forking workers, so that they share the index."""
         _ = self._code_index
-
 
     def at(self, addr: int) -> Symbol | None:
         """The code symbol whose value is exactly ``addr``.

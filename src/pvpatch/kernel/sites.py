@@ -346,6 +346,12 @@ def _check_clobber_bits(mask: int, bits: ClobberBits) -> list[str]:
         else []
 
 
+def site_bytes(image: ElfImage, site: Site) -> bytes:
+    """The site's bytes as the file has them: the ones it was decoded from, else read now
+    (an InputError where the file has none)."""
+    return site.code if site.code is not None else image.read(site.address, site.length)
+
+
 def describe_targets(image: ElfImage, values: list[int | None]) -> list[str | None]:
     """``describe_target`` for many values, naming exact hits in one symbol-table pass."""
     exact = image.symbols.names_at({v for v in values if v})

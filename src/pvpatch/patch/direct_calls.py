@@ -24,6 +24,7 @@ from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import site_bytes
 from pvpatch.patch.entries import decide, feature_text
 from pvpatch.patch.nops import NopTable
 
@@ -189,8 +190,7 @@ def plan_direct_calls(model: KernelModel, backend: Backend, alts: AltTable,
         raise InputError(f"no {era.bug_function} symbol: cannot patch DIRECT_CALL sites",
                          image.path)
     patches = [SitePatch(s, code, code, "unpatched", reason="no alternative applied")
-               for s in model.sites.sites
-               for code in [s.code if s.code is not None else image.read(s.address, s.length)]]
+               for s in model.sites.sites for code in [site_bytes(image, s)]]
     by_addr = {p.site.address: p for p in patches}
     lengths = _nested_instrlens(alts.entries)
     used = 0

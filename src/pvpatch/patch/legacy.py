@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pvpatch.backends import Backend, Resolution
 from pvpatch.kernel.era import BY_KEY, EraDetection, PatchEra, era_version
 from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.sites import Site
+from pvpatch.kernel.sites import Site, site_bytes
 from pvpatch.patch import native_tables as T
 from pvpatch.patch.nops import NOP_TABLES, P6_64, NopTable
 from pvpatch.patch.plan import PatchPlan, SitePatch, call_rel32
@@ -127,7 +127,7 @@ def _clobber_note(rules: Rules) -> str:
 
 def _patch_site(model: KernelModel, backend: Backend, rules: Rules, site: Site,
                 nops: NopTable) -> SitePatch:
-    before = model.image.read(site.address, site.length)
+    before = site_bytes(model.image, site)
     step = _g1_patch(rules, site) if rules.era.key == "G1" else \
         _dispatch(model, backend, rules, site)
     sp = SitePatch(site, before, before, step.outcome, step.target, step.target_name,
@@ -207,7 +207,7 @@ def _xen_patch(model: KernelModel, backend: Backend, rules: Rules, site: Site,
     word = model.image.ptr_size
     # insnbuf: the template over the site's own bytes; `long *relocp += start - addr`
     buf = bytearray(model.image.read(start, size))
-    buf += model.image.read(site.address, site.length)[size:]
+    buf += site_bytes(model.image, site)[size:]
     reason = f"xen_patch: {name} inlined ({size} bytes)"
     if start < reloc < end:
         off = reloc - start

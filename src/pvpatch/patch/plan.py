@@ -26,7 +26,7 @@ from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.clobbers import ClobberBits
 from pvpatch.kernel.era import LEGACY_ERAS
 from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.sites import Site
+from pvpatch.kernel.sites import Site, site_bytes
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
 from pvpatch.patch.entries import decide, feature_text
 from pvpatch.patch.nops import NopTable, default_nops
@@ -114,9 +114,8 @@ def _plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) 
     bug_fn = image.symbols.address(era.bug_function)
     if bug_fn is None:
         raise InputError(f"no {era.bug_function} symbol: cannot patch NULL slots", image.path)
-    by_slot: dict[int, _SlotPatch] = {}
-    for t in {s.type for s in model.sites.sites}:
-        by_slot[t] = _slot_patch(backend, t, nop_fn, bug_fn, era)
+    by_slot = {t: _slot_patch(backend, t, nop_fn, bug_fn, era)
+               for t in {s.type for s in model.sites.sites}}
     patches = [_paravirt_patch(model, s, nops, by_slot[s.type]) for s in model.sites.sites]
     used, left = _apply_alternatives(model, backend, alts, patches, nops)
     check_clobbers(model, patches)
@@ -177,7 +176,7 @@ def _slot_patch(backend: Backend, slot_type: int, nop_fn: int | None, bug_fn: in
 
 def _paravirt_patch(model: KernelModel, site: Site, nops: NopTable, how: _SlotPatch
                     ) -> SitePatch:
-    before = site.code if site.code is not None else model.image.read(site.address, site.length)
+    before = site_bytes(model.image, site)
     if how.outcome == "unpatched":
         return SitePatch(site, before, before, "unpatched", reason=how.reason)
     used = call_rel32(site.address, how.target) if how.target is not None else b""
