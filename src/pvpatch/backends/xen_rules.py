@@ -133,6 +133,14 @@ XEN_5_13_TO_6_12 = XenRules(
 
 # --- before 5.13: the era's own dispatcher, fed by whole-struct copies ---------------------
 _PLACE = "xen_setup_vcpu_info_placement (enlighten.c), if the vcpu_info could be placed"
+# the ops xen_setup_vcpu_info_placement points at the *_direct asm versions (2.6.23–5.12)
+_PLACED = (
+    Assign("irq.save_fl", "xen_save_fl_direct", _PLACE, "placement"),
+    Assign("irq.restore_fl", "xen_restore_fl_direct", _PLACE, "placement"),
+    Assign("irq.irq_disable", "xen_irq_disable_direct", _PLACE, "placement"),
+    Assign("irq.irq_enable", "xen_irq_enable_direct", _PLACE, "placement"),
+    Assign("mmu.read_cr2", "xen_read_cr2_direct", _PLACE, "placement"),
+)
 _POST_ALLOC_OLD = "xen_post_allocator_init / xen_pagetable_setup_done (mmu.c, enlighten.c)"
 _LOCK_OLD = "xen_init_spinlocks (spinlock.c)"
 
@@ -142,11 +150,7 @@ XEN_2_6_23 = XenRules(
     copies=(MemberCopy("", "xen_paravirt_ops", "xen_start_kernel: paravirt_ops = "
                                                "xen_paravirt_ops"),),
     assigns=(
-        Assign("irq.save_fl", "xen_save_fl_direct", _PLACE, "placement"),
-        Assign("irq.restore_fl", "xen_restore_fl_direct", _PLACE, "placement"),
-        Assign("irq.irq_disable", "xen_irq_disable_direct", _PLACE, "placement"),
-        Assign("irq.irq_enable", "xen_irq_enable_direct", _PLACE, "placement"),
-        Assign("mmu.read_cr2", "xen_read_cr2_direct", _PLACE, "placement"),
+        *_PLACED,
         Assign("cpu.iret", "xen_iret_direct", _PLACE, "placement"),
         Assign("mmu.alloc_pt", "xen_alloc_pt", "xen_pagetable_setup_done (enlighten.c)"),
         Assign("mmu.set_pte", "xen_set_pte", "xen_pagetable_setup_done (enlighten.c)"),
@@ -158,11 +162,7 @@ XEN_2_6_23 = XenRules(
 # 2.6.24 name of alloc_pte; set_pgd went to set_p4d in 4.12). Read in S4.10, S4.14, S4.19,
 # S4.20, S5.12 and the 3.x trees of the fact sheet; 2.6.24–2.6.29 bracketed by 2.6.23 and 3.0.
 _OLD_PIECEMEAL = (
-    Assign("irq.save_fl", "xen_save_fl_direct", _PLACE, "placement"),
-    Assign("irq.restore_fl", "xen_restore_fl_direct", _PLACE, "placement"),
-    Assign("irq.irq_disable", "xen_irq_disable_direct", _PLACE, "placement"),
-    Assign("irq.irq_enable", "xen_irq_enable_direct", _PLACE, "placement"),
-    Assign("mmu.read_cr2", "xen_read_cr2_direct", _PLACE, "placement"),
+    *_PLACED,
     Assign("mmu.alloc_pt", "xen_alloc_pt", _POST_ALLOC_OLD),
     Assign("mmu.set_pte", "xen_set_pte", _POST_ALLOC_OLD),
     Assign("mmu.set_pmd", "xen_set_pmd", _POST_ALLOC_OLD),
