@@ -152,10 +152,10 @@ def test_in_place_replaces_atomically(kernel, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".pvpatch-")]
 
 
-def test_unwritable_target_is_a_one_line_error(kernel, tmp_path):
+def test_a_missing_target_folder_is_a_one_line_error(kernel, tmp_path):
     r = run("apply", kernel, "-o", str(tmp_path / "missing" / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "cannot create a file in" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "no such directory" in r.stderr
     assert not (tmp_path / "missing").exists()
 
 

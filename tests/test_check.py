@@ -162,7 +162,7 @@ def test_exit_status_follows_fail_on():
     (("--backend", "native,bogus"), "--backend takes a comma-separated list"),
     (("--format", "xml"), "Invalid value for '--format'"),
     (("--fail-on", "info"), "Invalid value for '--fail-on'"),
-    (("-o", "SELF"), "-o would overwrite the image itself"),
+    (("-o", "SELF"), "is the input"),
 ])
 def test_bad_usage_exits_2(args, phrase):
     path = build()

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import assemble
 
-from pvpatch.errors import UsageError
+from pvpatch.errors import Interrupted, UsageError
+from pvpatch.outputs import OutputFiles
 from pvpatch.patch import writer
 from pvpatch.patch.writer import PatchedCopy, Poke
 
@@ -66,12 +67,14 @@ def test_interrupt_leaves_nothing(kernel, tmp_path, monkeypatch, interrupt, when
                                                                  getattr(signal, interrupt)))
     before = kernel.read_bytes()
     out = tmp_path / "out"
-    with _ctrl_c_raises(), pytest.raises((KeyboardInterrupt, SystemExit)), \
-            PatchedCopy(str(kernel), str(out)) as c:
+    with _ctrl_c_raises(), pytest.raises((KeyboardInterrupt, Interrupted)), \
+            OutputFiles([str(kernel)]) as outs, \
+            PatchedCopy(str(kernel), outs.claim(str(out), "-o")) as c:
         if when == "planning":
             os.kill(os.getpid(), getattr(signal, interrupt))
         c.commit([Poke(0x100, b"\x90", 0)])
         time.sleep(1)
+        outs.commit()
     assert not out.exists() and leftovers(tmp_path) == []
     assert kernel.read_bytes() == before
 
@@ -101,8 +104,10 @@ def test_full_disk_simulated(kernel, tmp_path, monkeypatch):
 
     monkeypatch.setattr(writer, "_copy", no_space)
     with pytest.raises(UsageError, match="No space left on device"), \
-            PatchedCopy(str(kernel), str(tmp_path / "out")) as c:
+            OutputFiles([str(kernel)]) as outs, \
+            PatchedCopy(str(kernel), outs.claim(str(tmp_path / "out"), "-o")) as c:
         c.commit([])
+        outs.commit()
     assert leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
 
 
@@ -175,16 +180,131 @@ def test_preallocation_is_optional_but_reports_a_full_disk(tmp_path, monkeypatch
         writer._copy(str(src), str(dst))
 
 
-def test_an_earlier_output_is_removed_when_writing_starts(kernel, tmp_path):
-    """Like ld: a failed run leaves no stale output that looks current; a good one leaves
-    the new, verified file. A directory in the way is a usage error, never removed."""
+def test_an_earlier_output_stays_until_the_new_one_is_complete(kernel, tmp_path):
+    """A failed run leaves an earlier output as it was (it is replaced only by the rename of
+    a complete, verified file); a good run replaces it. A directory in the way is a usage
+    error, never removed."""
     out = tmp_path / "out"
     out.write_bytes(b"an older build's output")
-    with pytest.raises(RuntimeError), PatchedCopy(str(kernel), str(out)):
-        raise RuntimeError("planning failed")  # the copy (which removes it) had started
-    assert not out.exists() and leftovers(tmp_path) == []
+    with pytest.raises(RuntimeError), OutputFiles([str(kernel)]) as outs, \
+            PatchedCopy(str(kernel), outs.claim(str(out), "-o")):
+        raise RuntimeError("planning failed")  # the copy had started
+    assert out.read_bytes() == b"an older build's output" and leftovers(tmp_path) == []
+    notkernel = tmp_path / "notkernel"
+    notkernel.write_bytes(b"\x7fELF" + bytes(60))
+    assert run("apply", str(notkernel), "-o", str(out)).returncode == 2
+    assert out.read_bytes() == b"an older build's output" and leftovers(tmp_path) == []
     assert run("apply", str(kernel), "-o", str(out)).returncode == 0
     assert out.read_bytes() != b"an older build's output" and leftovers(tmp_path) == []
     (tmp_path / "adir").mkdir()
     r = run("apply", str(kernel), "-o", str(tmp_path / "adir"))
     assert r.returncode == 2 and "is a directory" in r.stderr and (tmp_path / "adir").is_dir()
+
+
+# -- one safe way to write every file (issue: --report replaced the input kernel) -------------
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def work(kernel, tmp_path) -> Path:
+    """A private copy of the fixture kernel, so that tests may try to overwrite it."""
+    k = tmp_path / "vmlinux"
+    k.write_bytes(kernel.read_bytes())
+    return k
+
+
+def _refused(r: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, lines
+    for n in needles:
+        assert n in lines[0], lines
+
+
+@pytest.mark.parametrize("argv", [
+    ("apply", "{k}", "-o", "{d}/ok.elf", "--report", "{k}"),           # the report onto the input
+    ("apply", "{k}", "-o", "{d}/ok.elf", "--report", "{d}/ok.elf"),    # the report onto -o
+    ("apply", "{k}", "-o", "{d}/link"),                                # -o a symlink to the input
+    ("apply", "{k}", "-o", "{d}/hard"),                                # -o a hard link of it
+    ("apply", "{k}", "--dry-run", "--report", "{d}/hard"),
+    ("apply", "{k}", "--in-place", "--report", "{k}"),
+    ("check", "{k}", "-o", "{d}/link"),
+    ("check", "{k}", "-o", "{k}"),
+    ("check", "{k}", "--baseline", "{d}/base.json", "-o", "{d}/base.json"),
+    ("extract", "{k}", "-o", "{d}/hard"),
+])
+def test_an_output_that_is_an_input_or_another_output_is_refused(work, argv):
+    d = work.parent
+    (d / "link").symlink_to(work)
+    os.link(work, d / "hard")
+    (d / "base.json").write_text('{"schema": "pvpatch.check/1", "findings": []}')
+    before = {p.name: _sha(p) for p in d.iterdir() if p.is_file()}
+    r = run(*(a.format(k=work, d=d) for a in argv))
+    _refused(r)
+    assert "is the input" in r.stderr or "is also" in r.stderr
+    assert {p.name: _sha(p) for p in d.iterdir() if p.is_file()} == before
+    assert not (d / "ok.elf").exists() and leftovers(d) == []
+
+
+def test_a_report_that_cannot_be_written_stops_before_anything_is_written(work):
+    d = work.parent
+    r = run("apply", str(work), "-o", str(d / "ok.elf"), "--report", "/nonexistent/r.json")
+    _refused(r, "no such directory /nonexistent")
+    assert not (d / "ok.elf").exists() and leftovers(d) == []
+
+
+def test_apply_writes_the_elf_and_the_report_together(work):
+    import json
+
+    d = work.parent
+    before = _sha(work)
+    r = run("apply", str(work), "-o", str(d / "ok.elf"), "--report", str(d / "r.json"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((d / "r.json").read_text())["schema"].startswith("pvpatch.apply")
+    assert (d / "ok.elf").stat().st_size == work.stat().st_size
+    assert _sha(work) == before and leftovers(d) == []
+
+
+@pytest.mark.parametrize("cmd", ["apply", "check", "extract"])
+def test_a_rejected_input_leaves_an_existing_output_alone(tmp_path, cmd):
+    bad = tmp_path / "notkernel"
+    bad.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(200))
+    out = tmp_path / "out"
+    out.write_bytes(b"last week's output")
+    r = run(cmd, str(bad), "-o", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert out.read_bytes() == b"last week's output" and leftovers(tmp_path) == []
+
+
+def test_dry_run_with_an_output_is_refused(work):
+    _refused(run("apply", str(work), "--dry-run", "-o", str(work.parent / "x")), "--dry-run")
+    assert not (work.parent / "x").exists()
+
+
+@pytest.mark.parametrize("signame,status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signals_exit_128_plus_the_signal_with_one_line(tmp_path, signame, status):
+    """A real signal to a real apply while it copies a big input: the documented status, one
+    line naming the signal, no output and no temporary file."""
+    big = tmp_path / "vmlinux"
+    big.write_bytes(assemble("pv_kernel61.S", 64).read_bytes() + os.urandom(256 << 20))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pvpatch", "apply", str(big), "-o",
+                             str(out_dir / "patched")], stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                             signal.default_int_handler))
+    deadline = time.monotonic() + 60
+    while not leftovers(out_dir) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if proc.poll() is not None:
+        pytest.skip("the copy finished before the signal could land (very fast disk)")
+    proc.send_signal(getattr(signal, signame))
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == status, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and signame in lines[0] and "Traceback" not in err
+    assert leftovers(out_dir) == [] and not (out_dir / "patched").exists()

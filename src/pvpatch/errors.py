@@ -21,3 +21,12 @@ class InputError(Exception):
 
 class UsageError(Exception):
     """The command line asks for something impossible (e.g. output path equals input)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM (or another terminating signal) arrived: unwind like KeyboardInterrupt, so that
+    nothing half-written stays behind, and exit with 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

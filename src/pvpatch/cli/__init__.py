@@ -10,14 +10,16 @@ import contextlib
 import gc
 import importlib
 import os
+import signal
 import sys
-from typing import NoReturn
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import click
 
 from pvpatch import __version__
 from pvpatch.cli.common import exiting_without_teardown
-from pvpatch.errors import InputError, UsageError
+from pvpatch.errors import InputError, Interrupted, UsageError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -33,7 +35,12 @@ COMMANDS = {  # name → module; imported only when that command runs, to keep s
 
 
 class PvpatchGroup(click.Group):
-    """Lazily loaded commands; InputError/UsageError become one line on stderr and status 2."""
+    """Lazily loaded commands, and one exit convention for all of them.
+
+    InputError/UsageError and click's own usage errors become one line on stderr and status 2;
+    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), each with one line, after every
+    ``with`` block has unwound (so no output is left half-written).
+    """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -50,9 +57,52 @@ class PvpatchGroup(click.Group):
         except (InputError, UsageError) as e:
             click.echo(f"pvpatch: error: {e}", err=True)
             ctx.exit(EXIT_INPUT)
+        except KeyboardInterrupt:  # before click turns it into "Aborted!" and status 1
+            raise Interrupted(signal.SIGINT) from None
         except BrokenPipeError:  # `pvpatch inspect … | head`
             sys.stderr.close()
             ctx.exit(EXIT_OK)
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        code = self._run(args, prog_name, complete_var, **extra)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _run(self, args: Sequence[str] | None, prog_name: str | None,
+             complete_var: str | None, **extra: Any) -> int:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            return e.exit_code
+        except click.exceptions.NoArgsIsHelpError as e:  # bare `pvpatch`: asking for help
+            click.echo(e.format_message())
+            return EXIT_OK
+        except click.ClickException as e:
+            click.echo(f"pvpatch: error: {_usage_line(e)}", err=True)
+            return EXIT_INPUT
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            return _interrupted(signal.SIGINT)
+        except Interrupted as e:
+            return _interrupted(e.signum)
+        return rv if isinstance(rv, int) else EXIT_OK
+
+
+def _usage_line(e: click.ClickException) -> str:
+    """click's three-line usage error as one line, with where to read more."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        return f"{message} (see '{ctx.command_path} --help')"
+    return message
+
+
+def _interrupted(signum: int) -> int:
+    name = signal.Signals(signum).name
+    click.echo(f"pvpatch: interrupted by {name}: nothing was written", err=True)
+    return 128 + signum
 
 
 @click.group(cls=PvpatchGroup, context_settings={"help_option_names": ["-h", "--help"],
@@ -70,7 +120,8 @@ def cli() -> None:
       pvpatch diff vmlinux out                what changed at each site, classified
 
     Every command takes --json for machine-readable output (schemas in docs/).
-    Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input.
+    Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input,
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM); nothing is left half-written.
     """
 
 
@@ -84,11 +135,17 @@ GC_THRESHOLD = 50_000
 def main() -> NoReturn:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     exiting_without_teardown()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli(prog_name="pvpatch")  # standalone mode: it always ends in SystemExit
     except SystemExit as e:
         _leave(e.code)
     _leave(EXIT_OK)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds the command like Ctrl-C does (see PvpatchGroup)."""
+    raise Interrupted(signum)
 
 
 def _leave(code: int | str | None) -> NoReturn:

@@ -14,6 +14,7 @@ from pvpatch.errors import UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
+from pvpatch.outputs import OutputFiles
 from pvpatch.patch.plan import nop_table, plan
 from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import plan_dict, render_sites, render_summary
@@ -62,34 +63,43 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         raise UsageError("say where to write: -o OUT, --in-place, or --dry-run")
     if in_place and output:
         raise UsageError("--in-place and -o exclude each other")
+    if dry_run and (output or in_place):
+        raise UsageError(f"--dry-run writes nothing: drop {'-o' if output else '--in-place'}")
     target = vmlinux if in_place else output
-    with contextlib.ExitStack() as stack:
-        model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map, btf=btf,
-                                                     progress=say_progress()))
-        keep_until_exit(model)
-        boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
-        data = None if boot is None else model.image.data  # the vmlinux inside the bzImage
-        out = None if dry_run else stack.enter_context(
-            PatchedCopy(vmlinux, target, in_place, data=data))
-        progress("resolving the backend and planning")
-        be = load_backend(model, backend, vcpus)
-        p = plan(model, be, model.alternatives, nop_table(model))
-        changes = [(x.site.address, x.after) for x in p.patches if x.changed]
-        pokes = file_pokes(model.image, changes)
-        bits = model.image.bits
-        report = None
-        if as_json or report_path:
-            report = plan_dict(p, bits, {"input": vmlinux,
-                                         "output": None if dry_run else target,
-                                         "relocations": "kept as built (docs/apply.md)",
-                                         "input_format": describe_input(model.image),
-                                         "output_format": "ELF vmlinux"})
-        if out is not None:
-            progress(f"writing {target}")
-            out.commit(pokes)
-    if report_path:
-        with open(report_path, "w") as f:
-            json.dump(report, f, indent=1)
+    with OutputFiles([vmlinux, system_map, btf]) as outs:
+        elf = None if target is None else outs.claim(
+            target, "--in-place" if in_place else "-o", replaces_input=in_place,
+            hint="use --in-place to replace it")
+        rep = outs.claim(report_path, "--report") if report_path else None
+        with contextlib.ExitStack() as stack:
+            model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map,
+                                                         btf=btf, progress=say_progress()))
+            keep_until_exit(model)
+            boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
+            if boot is not None and in_place:
+                raise UsageError(f"{vmlinux} is a bzImage: --in-place would replace it with "
+                                 "an ELF vmlinux; write the result elsewhere with -o")
+            data = None if boot is None else model.image.data  # the vmlinux inside it
+            copy = None if elf is None else stack.enter_context(
+                PatchedCopy(vmlinux, elf, data=data))
+            progress("resolving the backend and planning")
+            be = load_backend(model, backend, vcpus)
+            p = plan(model, be, model.alternatives, nop_table(model))
+            changes = [(x.site.address, x.after) for x in p.patches if x.changed]
+            pokes = file_pokes(model.image, changes)
+            bits = model.image.bits
+            report = None
+            if as_json or rep:
+                report = plan_dict(p, bits, {"input": vmlinux, "output": target,
+                                             "relocations": "kept as built (docs/apply.md)",
+                                             "input_format": describe_input(model.image),
+                                             "output_format": "ELF vmlinux"})
+            if copy is not None:
+                progress(f"writing {target}")
+                copy.commit(pokes)
+        if rep is not None:
+            rep.write_text(json.dumps(report, indent=1))
+        outs.commit()
     if as_json:
         click.echo(json.dumps(report))
     else:

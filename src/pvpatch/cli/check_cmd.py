@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
@@ -11,8 +10,9 @@ from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
 from pvpatch.cli.common import image_options, keep_until_exit, say_progress
-from pvpatch.errors import InputError, UsageError
+from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
+from pvpatch.outputs import OutputFiles
 from pvpatch.render.check import check_dict, failing, render_junit, render_text, verdict_line
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -61,17 +61,19 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
         raise UsageError(f"--json and --format {fmt} exclude each other")
     fmt = "json" if as_json else fmt
     names, explicit = parse_backends(backends)
-    if output and os.path.abspath(output) == os.path.abspath(vmlinux):
-        raise UsageError("-o would overwrite the image itself: give the report another name")
-    with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
-                           progress=say_progress()) as model:
-        keep_until_exit(model)
-        run = run_checks(model, names, vcpus, explicit)
-    base = load_baseline(baseline, names, vcpus) if baseline else None
-    run.findings = mark_known(run.findings, base)
-    report = _render(fmt, run, fail_on, base)
+    with OutputFiles([vmlinux, baseline, system_map, btf]) as outs:
+        target = outs.claim(output, "-o") if output else None
+        with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
+                               progress=say_progress()) as model:
+            keep_until_exit(model)
+            run = run_checks(model, names, vcpus, explicit)
+        base = load_baseline(baseline, names, vcpus) if baseline else None
+        run.findings = mark_known(run.findings, base)
+        report = _render(fmt, run, fail_on, base)
+        if target is not None:
+            target.write_text(report)
+        outs.commit()
     if output:
-        _write(output, report)
         click.echo(f"pvpatch check: {verdict_line(run, fail_on)} (report: {output})")
     else:
         click.echo(report, nl=not report.endswith("\n"))
@@ -86,12 +88,3 @@ def _render(fmt: str, run: CheckRun, fail_on: str, base: Baseline | None) -> str
     if fmt == "junit":
         return render_junit(run, fail_on)
     return render_text(run, fail_on, base)
-
-
-def _write(path: str, text: str) -> None:
-    """An unwritable -o is the user's to fix: one line, status 2, not a traceback."""
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        raise InputError(f"cannot write the report: {e.strerror}", path) from None

@@ -9,6 +9,7 @@ import click
 from pvpatch.cli.common import keep_until_exit, say_progress
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import open_image
+from pvpatch.outputs import OutputFiles
 from pvpatch.patch.writer import PatchedCopy
 
 
@@ -32,20 +33,23 @@ def extract(vmlinuz: str, output: str, as_json: bool) -> None:
       pvpatch extract /boot/vmlinuz-$(uname -r) -o vmlinux
       pvpatch extract vmlinuz --json -o vmlinux | jq .compression
     """
-    with open_image(vmlinuz, progress=say_progress()) as image:
+    with OutputFiles([vmlinuz]) as outs:
+        target = outs.claim(output, "-o")
+        image = open_image(vmlinuz, progress=say_progress())
         keep_until_exit(image)
         boot = image.origin if isinstance(image.origin, BootImage) else None
         data = None if boot is None else image.data
-        with PatchedCopy(vmlinuz, output, data=data) as out:
-            out.commit([])
-        info: dict[str, object] = {"schema": "pvpatch.extract/1", "input": vmlinuz,
-                                   "output": output, "elf_class": image.bits,
-                                   "machine": image.machine, "size": image.size}
-        if boot is None:
-            info.update({"format": "ELF", "note": "already an ELF image: copied as it is"})
-        else:
-            info.update(boot.to_json())
-            info["dropped_trailer"] = (boot.size_hint or image.size) - image.size
+        with image, PatchedCopy(vmlinuz, target, data=data) as copy:
+            copy.commit([])
+            info: dict[str, object] = {"schema": "pvpatch.extract/1", "input": vmlinuz,
+                                       "output": output, "elf_class": image.bits,
+                                       "machine": image.machine, "size": image.size}
+            if boot is None:
+                info.update({"format": "ELF", "note": "already an ELF image: copied as it is"})
+            else:
+                info.update(boot.to_json())
+                info["dropped_trailer"] = (boot.size_hint or image.size) - image.size
+        outs.commit()
     if as_json:
         click.echo(json.dumps(info))
         return

@@ -1,8 +1,9 @@
 """Write a patched copy of an image: copy, poke only site bytes, verify, rename.
 
-The output is built as a temporary file in the destination folder and renamed over the target
-only after it was re-opened and checked, so an error or an interrupt never leaves a partial
-file, and the input is never opened for writing.
+The output is a file claimed through :mod:`pvpatch.outputs`: built as a temporary file in the
+destination folder, re-opened and checked, and renamed over the target only when the command
+succeeded, so an error or an interrupt never leaves a partial file; the input is never opened
+for writing.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import functools
 import io
 import os
 import shutil
-import signal
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pvpatch.errors import InputError, UsageError
 from pvpatch.image.elf import ElfImage
+from pvpatch.outputs import Output
 
 Buffer = bytes | bytearray | memoryview
 
@@ -50,98 +50,53 @@ def file_pokes(image: ElfImage, changes: Sequence[tuple[int, bytes]]) -> list[Po
 
 
 class PatchedCopy:
-    """A copy of ``src`` that becomes ``dst`` once the site bytes are in it and verified.
+    """Fill a claimed output (:class:`pvpatch.outputs.Output`) with a copy of ``src`` whose
+    site bytes are then written and verified.
 
     The copy starts at once in a background thread (the kernel does the work, so it runs
-    while the patch plan is computed) into a temporary file in ``dst``'s folder. Leaving the
-    ``with`` block without :meth:`commit` — an error, Ctrl-C, SIGTERM — removes the file.
-
-    An existing ``dst`` (not with ``in_place``) is removed when the copy starts, as ``ld``
-    does with its output: a failed run leaves no stale output that looks current (what
-    make's .DELETE_ON_ERROR asks for), and the new file can reuse the blocks just freed —
-    on this project's ext4 (online discard) a new 600 MB file written while the old one still
-    holds its blocks took 1.4–3.5 s instead of 0.3–0.7 s (measured with cp as well).
+    while the patch plan is computed) into the output's temporary file; the
+    :class:`~pvpatch.outputs.OutputFiles` that claimed it renames it into place once the
+    command has succeeded, and removes it otherwise. Nothing here touches the target itself.
     """
 
-    def __init__(self, src: str, dst: str, in_place: bool = False, *,
-                 data: Buffer | None = None) -> None:
+    def __init__(self, src: str, out: Output, *, data: Buffer | None = None) -> None:
         """``data``, when given, is what the copy holds instead of ``src``'s bytes (the
         vmlinux decompressed out of the bzImage ``src``); ``src`` still names the input."""
-        if data is not None and in_place:
-            raise UsageError(f"{src} is a bzImage: --in-place would replace it with an ELF "
-                             "vmlinux; write the result elsewhere with -o")
-        if not in_place and _same_file(src, dst):
-            raise UsageError(f"output {dst} is the input; use --in-place to replace it")
-        self.src, self.dst, self.data, self.in_place = src, dst, data, in_place
-        self.folder = os.path.dirname(os.path.abspath(dst)) or "."
-        self.tmp = ""
+        self.src, self.out, self.data = src, out, data
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._copy, daemon=True)
-        self._cleanup = _removed_on_failure(self)
 
     def _copy(self) -> None:
         try:
-            if not self.in_place:  # freeing 600 MB of blocks takes a while: not on the main thread
-                _remove_stale(self.dst)
             if self.data is None:
-                _copy(self.src, self.tmp)
+                _copy(self.src, self.out.tmp)
             else:
-                _write(self.data, self.tmp)
-            shutil.copymode(self.src, self.tmp)
+                _write(self.data, self.out.tmp)
+            shutil.copymode(self.src, self.out.tmp)
         except BaseException as e:  # handed to the main thread by commit()
             self._error = e
 
     def __enter__(self) -> PatchedCopy:
-        # The SIGTERM handler goes in first, and the temporary file is created with SIGINT
-        # and SIGTERM held back until its name is known: a signal in between would otherwise
-        # leave the file behind. Any failure from here on removes it.
-        self._cleanup.__enter__()
-        try:
-            if not self.in_place and os.path.isdir(self.dst) and not os.path.islink(self.dst):
-                raise UsageError(f"output {self.dst} is a directory")
-            with _signals_held():
-                fd, self.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp",
-                                                dir=self.folder)
-            os.close(fd)
-            self._thread.start()
-        except OSError as e:
-            err = UsageError(f"cannot create a file in {self.folder}: {e.strerror}")
-            self._cleanup.__exit__(UsageError, err, None)
-            raise err from None
-        except BaseException as e:
-            if not self._cleanup.__exit__(type(e), e, e.__traceback__):
-                raise
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread.is_alive() or self._thread.ident is not None:
-            self._thread.join()
-        self._cleanup.__exit__(*exc)
+        # the temporary file is removed by the OutputFiles only once nothing writes it
+        self._thread.join()
 
     def commit(self, pokes: Sequence[Poke]) -> None:
-        """Wait for the copy, write the site bytes, verify, and rename into place."""
+        """Wait for the copy, write the site bytes and verify them."""
         self._thread.join()
         try:
             if self._error is not None:
                 raise self._error
-            with open(self.tmp, "r+b") as f:
+            with open(self.out.tmp, "r+b") as f:
                 for p in pokes:
                     f.seek(p.offset)
                     f.write(p.data)
         except OSError as e:
-            raise UsageError(f"cannot write {self.dst}: {e.strerror}") from None
-        verify(self.src if self.data is None else self.data, self.tmp, pokes)
-        os.replace(self.tmp, self.dst)
-
-
-def _remove_stale(dst: str) -> None:
-    """Remove an earlier output file (or a symlink standing where the output goes)."""
-    try:
-        os.unlink(dst)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise UsageError(f"cannot replace {dst}: {e.strerror}") from None
+            raise UsageError(f"cannot write {self.out.path}: {e.strerror}") from None
+        verify(self.src if self.data is None else self.data, self.out.tmp, pokes)
 
 
 def _write(data: Buffer, dst: str) -> None:
@@ -277,49 +232,3 @@ def _same(old: bytes, new: bytes, base: int, lo: int, hi: int) -> None:
         first = next(i for i in range(lo, hi) if old[i - base] != new[i - base])
         raise UsageError(f"verification failed: byte at file offset {first:#x} changed "
                          "outside every site")
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (delivered on leaving) where available (main thread, POSIX)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    except (AttributeError, ValueError, OSError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-@contextlib.contextmanager
-def _removed_on_failure(copy: PatchedCopy) -> Iterator[None]:
-    """Delete ``copy.tmp`` on any exception, Ctrl-C or SIGTERM (turned into SystemExit)."""
-    old = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    try:
-        signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread
-        old = None
-    try:
-        yield
-    except BaseException:
-        if copy.tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(copy.tmp)
-        raise
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
