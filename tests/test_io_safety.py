@@ -180,16 +180,22 @@ def test_preallocation_is_optional_but_reports_a_full_disk(tmp_path, monkeypatch
         writer._copy(str(src), str(dst))
 
 
-def test_an_earlier_output_stays_until_the_new_one_is_complete(kernel, tmp_path):
-    """A failed run leaves an earlier output as it was (it is replaced only by the rename of
-    a complete, verified file); a good run replaces it. A directory in the way is a usage
-    error, never removed."""
+def test_an_earlier_output_is_touched_only_once_the_input_is_validated(kernel, tmp_path):
+    """Until the command has validated its input (and enters PatchedCopy) an earlier output
+    stays as it was; from then on it is removed as the new one is written (as ld does) and
+    the new, verified file takes its place. A directory in the way is a usage error, never
+    removed."""
     out = tmp_path / "out"
     out.write_bytes(b"an older build's output")
+    with pytest.raises(RuntimeError), OutputFiles([str(kernel)]) as outs:
+        outs.claim(str(out), "-o")
+        raise RuntimeError("planning failed")
+    assert out.read_bytes() == b"an older build's output" and leftovers(tmp_path) == []
     with pytest.raises(RuntimeError), OutputFiles([str(kernel)]) as outs, \
             PatchedCopy(str(kernel), outs.claim(str(out), "-o")):
-        raise RuntimeError("planning failed")  # the copy had started
-    assert out.read_bytes() == b"an older build's output" and leftovers(tmp_path) == []
+        raise RuntimeError("writing failed")
+    assert not out.exists() and leftovers(tmp_path) == []
+    out.write_bytes(b"an older build's output")
     notkernel = tmp_path / "notkernel"
     notkernel.write_bytes(b"\x7fELF" + bytes(60))
     assert run("apply", str(notkernel), "-o", str(out)).returncode == 2

@@ -35,6 +35,24 @@ class Output:
     tmp: str = ""
     _identity: tuple[object, ...] = field(default=(), repr=False)
 
+    def release_target(self) -> None:
+        """Remove an earlier file at the target, once the command has validated its input
+        and is about to write a large output.
+
+        Renaming a new file over an old one is atomic either way; this is for speed. On this
+        project's ext4 (online discard) a 600 MB copy written while an old output of the same
+        size still holds its blocks took 1.5-1.8 s, and 0.3 s after it was removed (measured
+        with cp too), and renaming over it makes ext4 (auto_da_alloc) flush the new file
+        inside the rename. Like ld, a run that fails from here on leaves no stale output
+        that looks current. A symlink or special file is left for the rename to replace."""
+        if self.replaces_input:
+            return
+        try:
+            if os.path.isfile(self.path) and not os.path.islink(self.path):
+                os.unlink(self.path)
+        except OSError as e:
+            raise UsageError(f"cannot replace {self.path}: {e.strerror}") from None
+
     def write_bytes(self, data: bytes) -> None:
         self._write(data, "wb")
 

@@ -80,11 +80,12 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
                 raise UsageError(f"{vmlinux} is a bzImage: --in-place would replace it with "
                                  "an ELF vmlinux; write the result elsewhere with -o")
             data = None if boot is None else model.image.data  # the vmlinux inside it
-            copy = None if elf is None else stack.enter_context(
-                PatchedCopy(vmlinux, elf, data=data))
             progress("resolving the backend and planning")
             be = load_backend(model, backend, vcpus)
             p = plan(model, be, model.alternatives, nop_table(model))
+            # the input is validated: only now may an earlier output at -o be replaced
+            copy = None if elf is None else stack.enter_context(
+                PatchedCopy(vmlinux, elf, data=data))
             changes = [(x.site.address, x.after) for x in p.patches if x.changed]
             pokes = file_pokes(model.image, changes)
             bits = model.image.bits

@@ -53,10 +53,11 @@ class PatchedCopy:
     """Fill a claimed output (:class:`pvpatch.outputs.Output`) with a copy of ``src`` whose
     site bytes are then written and verified.
 
-    The copy starts at once in a background thread (the kernel does the work, so it runs
-    while the patch plan is computed) into the output's temporary file; the
-    :class:`~pvpatch.outputs.OutputFiles` that claimed it renames it into place once the
-    command has succeeded, and removes it otherwise. Nothing here touches the target itself.
+    Enter it once the input is validated: a background thread then removes an earlier file
+    at the target (:meth:`~pvpatch.outputs.Output.release_target`) and copies into the
+    output's temporary file (the kernel does the copying) while the caller prepares the site
+    bytes; the :class:`~pvpatch.outputs.OutputFiles` that claimed the output renames it into
+    place once the command has succeeded, and removes it otherwise.
     """
 
     def __init__(self, src: str, out: Output, *, data: Buffer | None = None) -> None:
@@ -68,6 +69,7 @@ class PatchedCopy:
 
     def _copy(self) -> None:
         try:
+            self.out.release_target()  # freeing 600 MB of blocks takes a while: in this thread
             if self.data is None:
                 _copy(self.src, self.out.tmp)
             else:
