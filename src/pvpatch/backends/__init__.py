@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.pvops import Slot
+from pvpatch.kernel.startup import StartupResult
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,13 @@ FEATURE_BY_NAME = {f.name: f for f in PV_FEATURES}
 
 # paravirt_set_cap() (arch/x86/kernel/paravirt-spinlocks.c, 5.13+): a lock op that is not the
 # native callee-save thunk forces the feature, which turns off the native ALTERNATIVE.
+# From 7.0 the lock ops live in pv_ops_lock; 7.3 made queued_spin_unlock a static call and
+# paravirt_set_cap() tests only vcpu_is_preempted (fc6ad5eadcd1): a slot a build lacks sets
+# nothing.
 NATIVE_LOCK_THUNKS = {
-    "X86_FEATURE_PVUNLOCK": ("lock.queued_spin_unlock",
+    "X86_FEATURE_PVUNLOCK": (("lock.queued_spin_unlock", "pv_ops_lock.queued_spin_unlock"),
                              "__raw_callee_save___native_queued_spin_unlock"),
-    "X86_FEATURE_VCPUPREEMPT": ("lock.vcpu_is_preempted",
+    "X86_FEATURE_VCPUPREEMPT": (("lock.vcpu_is_preempted", "pv_ops_lock.vcpu_is_preempted"),
                                 "__raw_callee_save___native_vcpu_is_preempted"),
 }
 
@@ -59,6 +63,8 @@ class Backend:
     patcher: str = "native_patch"
     patcher_reason: str = "the image's own initialiser"
     placement: bool = False  # Xen: vcpu_info placement worked (xen_patch's condition)
+    notes: list[str] = field(default_factory=list)  # warnings and facts for every report
+    startup: StartupResult | None = None  # read from the image's start-up code, when it was
 
     def resolution(self, slot_index: int) -> Resolution | None:
         return self.slots.get(slot_index)
@@ -84,8 +90,9 @@ def decide_pv_features(model: KernelModel, backend: Backend, xenpv: bool) -> Non
     backend.features[FEATURE_BY_NAME["X86_FEATURE_XENPV"].number] = xenpv
     backend.feature_reasons["X86_FEATURE_XENPV"] = (
         "forced by xen_start_kernel" if xenpv else "only a Xen PV guest sets it")
-    for fname, (op, thunk) in NATIVE_LOCK_THUNKS.items():
-        slot = model.pvops.by_name(op)
+    for fname, (ops, thunk) in NATIVE_LOCK_THUNKS.items():
+        slot = next((s for op in ops if (s := model.pvops.by_name(op)) is not None), None)
+        op = slot.name if slot else ops[0]
         res = backend.slots.get(slot.index) if slot else None
         if res is None or res.value is None:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pvpatch.backends import Backend, Resolution, decide_pv_features, initial_resolutions
 from pvpatch.backends.xen_rules import (
+    XEN_STARTUP,
     Assign,
     MemberCopy,
     XenRules,
@@ -23,6 +24,12 @@ from pvpatch.errors import InputError
 from pvpatch.kernel.era import LEGACY_ERAS, era_version, version_key
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
+from pvpatch.kernel.startup import Region, StartupResult, run_startup
+from pvpatch.kernel.stores import StoreReader
+
+# The static calls Xen's start-up code retargets (the keys are watched like the pv tables).
+XEN_STATIC_CALLS = ("xen_hypercall", "pv_steal_clock", "pv_sched_clock",
+                    "queued_spin_lock_slowpath", "queued_spin_unlock")
 
 KNOWN_PATCHERS = ("xen_patch", "paravirt_patch_default", "native_patch")
 
@@ -48,13 +55,21 @@ def unsupported(model: KernelModel) -> str | None:
         return f"cannot resolve the Xen backend: {model.pvops.described}"
     if model.image.symbols.get("xen_start_kernel") is None:
         return "the kernel is built without Xen PV support (no xen_start_kernel)"
-    if rules_for(version) is None:
-        return (f"no Xen PV start-up rules for kernel {model.version.short} yet "
-                "(known: 2.6.23–6.12)")
+    if rules_for(version) is None and not _reads_code(model, version):
+        return (f"no Xen PV start-up rules for kernel {model.version.short} "
+                "(known: 2.6.23–4.19 as tables, 4.20+ read from the start-up code)")
     if era is not None and era.era.key in LEGACY_ERAS and model.pvops.layout is None:
         return ("the Xen start-up assignments name pv-op members, and this image has no "
                 "type information (BTF/DWARF) to find them")
     return None
+
+
+def _reads_code(model: KernelModel, version: tuple[int, int, int] | None) -> bool:
+    """4.20+: the start-up functions' stores are read from the image (XEN_STARTUP)."""
+    era = model.era
+    if era is not None and era.era.key in ("G1", "G2", "G3"):
+        return False
+    return version is None or XEN_STARTUP.span.holds(version)
 
 
 def _short(v: tuple[int, int, int]) -> str:
@@ -66,7 +81,15 @@ def resolve(model: KernelModel, vcpus: int) -> Backend:
     if why is not None:
         raise InputError(why, model.image.path)
     version = rules_version(model)
+    if _reads_code(model, version):
+        backend = _from_code(model, vcpus, version)
+        if backend is not None:
+            return backend
     rules = rules_for(version)
+    if rules is None:
+        raise InputError(f"the Xen start-up code of this {model.version.short} kernel stores "
+                         "nothing into its pv-op tables that pvpatch can read, and there are "
+                         "no table rules for it", model.image.path)
     assert version is not None and rules is not None
     bits = model.image.bits
     placement = placement_works(bits, version)
@@ -179,3 +202,101 @@ def _apply_unknown(model: KernelModel, slots: dict[int, Resolution], rules: XenR
         for i, res in slots.items():
             if res.slot.name.startswith(prefix + "."):
                 slots[i] = Resolution(res.slot, None, None, u.why)
+
+
+# -- 4.20+: read from the start-up code --------------------------------------------------------
+
+def _regions(model: KernelModel) -> list[Region]:
+    """The pv-op tables and the Xen-retargeted static-call keys, as watched memory."""
+    pvops, syms = model.pvops, model.image.symbols
+    out = []
+    if pvops.base is not None:
+        size = pvops.layout.size if pvops.layout is not None else \
+            (max((s.offset for s in pvops.slots.values() if s.table == "pv_ops"), default=-1)
+             + model.image.ptr_size)
+        out.append(Region("pv_ops", pvops.base, size))
+    for name, address, size, _layout in pvops.extra_tables:
+        out.append(Region(name, address, size))
+    for key in XEN_STATIC_CALLS:
+        sym = syms.get(f"__SCK__{key}")
+        if sym is not None:
+            out.append(Region(f"__SCK__{key}", sym.value, model.image.ptr_size, True))
+    return out
+
+
+def startup(model: KernelModel, vcpus: int) -> StartupResult:
+    """What the Xen start-up functions leave in the pv tables and static-call keys."""
+    reader = StoreReader(model.image)
+    return run_startup(reader, XEN_STARTUP.steps, _regions(model), {"vcpus>1": vcpus > 1})
+
+
+def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | None
+               ) -> Backend | None:
+    """The backend as the image's start-up code sets it (None: the code stores nothing into
+    the pv tables, e.g. a fixture that keeps only Xen's op tables)."""
+    result = startup(model, vcpus)
+    slots = model.pvops.slots
+    stored = [res for res in slots.values() if res.address is not None and
+              (o := result.value(res.address)) is not None and o.step is not None]
+    if not stored:
+        return None
+    values = [result.value(s.address).value if s.address is not None and
+              result.value(s.address) else None for s in slots.values()]
+    names = describe_targets(model.image, values)
+    container = model.pvops.container.name if model.pvops.container else "pv_ops"
+    out: dict[int, Resolution] = {}
+    for (i, slot), value, name in zip(slots.items(), values, names, strict=True):
+        origin = result.value(slot.address) if slot.address is not None else None
+        if origin is None or origin.step is None:
+            value0, name0 = model.pvops.initial_target(slot)
+            out[i] = Resolution(slot, value0, name0, f"{slot.table or container} initialiser "
+                                                     "(untouched by Xen)")
+        elif origin.value is None:
+            out[i] = Resolution(slot, None, None, f"{origin.how}: not established")
+        else:
+            out[i] = Resolution(slot, value, name, f"set by {origin.how}")
+    ran = ", ".join(result.ran)
+    desc = (f"Xen PV guest with {vcpus} vCPU(s); start-up code read from the image "
+            f"({ran}); steps {XEN_STARTUP.versions}")
+    backend = Backend("xen", desc, out, startup=result)
+    backend.notes += [f"{f}: {why}" for f, why in result.skipped]
+    backend.notes += result.problems
+    _newer_than_read(model, version, backend, result)
+    _legacy_patcher(model, backend)
+    decide_pv_features(model, backend, xenpv=True)
+    return backend
+
+
+def _newer_than_read(model: KernelModel, version: tuple[int, int, int] | None,
+                     backend: Backend, result: StartupResult) -> None:
+    """A kernel newer than the last release the steps were read in: answer when the code
+    establishes every slot it touches, with a warning; refuse otherwise."""
+    last = XEN_STARTUP.last_read
+    if version is None or version[:2] <= last[:2]:
+        return
+    missing = [p for p in result.problems]
+    missing += [f"{r.slot.name}: {r.reason}" for r in backend.slots.values()
+                if r.value is None and "not established" in r.reason]
+    newer = f"{model.version.short} is newer than {last[0]}.{last[1]}, the last release " \
+            "whose Xen start-up functions pvpatch was checked against"
+    if missing:
+        raise InputError(f"{newer}, and its code does not establish everything: "
+                         + "; ".join(missing[:5]), model.image.path)
+    backend.notes.insert(0, f"warning: {newer}; every value was read from this image's code")
+
+
+def _legacy_patcher(model: KernelModel, backend: Backend) -> None:
+    """4.20–5.12: the patch op as the start-up code leaves it (paravirt_patch_default)."""
+    era = model.era
+    if era is None or era.era.key not in LEGACY_ERAS:
+        return
+    slot = model.pvops.by_name("init.patch")
+    res = backend.slots.get(slot.index) if slot else None
+    if res is not None and res.name in KNOWN_PATCHERS:
+        backend.patcher, backend.patcher_reason = res.name, f"patch slot holds {res.name} " \
+                                                            f"({res.reason})"
+    else:
+        backend.patcher, backend.patcher_reason = "paravirt_patch_default", \
+            "pv_ops.init.patch was not read from the code: paravirt_patch_default assumed"
+    backend.placement = True
+    backend.description += f"; patcher {backend.patcher}"

@@ -6,6 +6,10 @@ calls before ``alternative_instructions()`` (``arch/i386/xen/enlighten.c`` in 2.
 Only the final value at patch time matters, so a slot assigned twice (``set_pte``:
 ``xen_set_pte_init`` then ``xen_set_pte``) is listed with its last value.
 
+From 4.20 on the values are read from the image's code instead (``XEN_STARTUP``): only which
+start-up functions run, and when, is kept here; the table rules of 4.20–6.12 remain for an
+image whose start-up code stores nothing into its tables (a hand-made fixture).
+
 Slots are named by their 4.20+ path (``irq.save_fl``); :func:`slot_path` turns that into the
 member path of the container an era has (``save_fl`` in ``paravirt_ops``,
 ``pv_irq_ops.save_fl`` in the 2.6.24–4.19 template). An op a build lacks is skipped.
@@ -15,6 +19,8 @@ Versions are ``(major, minor, sub)`` as in ``pvpatch.kernel.era.version_key``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from pvpatch.kernel.startup import Step
 
 Version = tuple[int, int, int]
 ONWARD: Version = (99, 0, 0)
@@ -289,3 +295,38 @@ def slot_path(container: str, slot: str) -> str:
     member, _, op = slot.partition(".")
     prefix = member_path(container, member)
     return f"{prefix}.{op}" if prefix else op
+
+
+# --- 4.20 onward: the start-up functions; what they store is read from the image's code -----
+@dataclass(frozen=True)
+class StartupRules:
+    versions: str
+    span: Range
+    last_read: Version  # the newest release these steps were read in
+    steps: tuple[Step, ...]
+
+
+_SMP = "smp_ops.smp_prepare_boot_cpu (start_kernel, before alternative patching)"
+XEN_STARTUP = StartupRules(
+    versions="4.20+ (start-up functions read in Debian 5.10.223, 6.1.176, 6.12.118 and 7.3.4: "
+             "arch/x86/xen/enlighten_pv.c, irq.c, mmu_pv.c, smp_pv.c, spinlock.c, time.c)",
+    span=vr("4.20"),
+    last_read=(7, 3, 0),
+    steps=(
+        Step("xen_start_kernel", "the Xen PV entry point (startup_xen, xen-head.S)"),
+        Step("xen_init_irq_ops", "xen_start_kernel"),
+        Step("xen_init_mmu_ops", "xen_start_kernel"),
+        Step("xen_setup_gdt", "xen_start_kernel"),
+        Step("xen_pv_init_platform", "x86_init.hyper.init_platform (setup_arch)"),
+        Step("xen_init_time_ops", "xen_pv_init_platform"),
+        Step("xen_pagetable_init", "x86_init.paging.pagetable_init (setup_arch)"),
+        Step("xen_post_allocator_init", "xen_pagetable_init"),
+        Step("xen_pv_smp_prepare_boot_cpu", _SMP),
+        Step("xen_setup_vcpu_info_placement", "xen_pv_smp_prepare_boot_cpu"),
+        # num_possible_cpus() == 1 (or nopvspin) returns before any store (4.20–7.3)
+        Step("xen_init_spinlocks", "xen_pv_smp_prepare_boot_cpu", condition="vcpus>1",
+             inlined_ok=False),
+        Step("xen_time_setup_guest", "xen_time_init (x86_init.timers.timer_init), after "
+             "patching: only its static-call updates count", before_patching=False),
+    ),
+)

@@ -270,6 +270,18 @@ class SymbolTable:
             return None
         return next((s for s in found if s.bind != 0), found[0])
 
+    def named_prefix(self, prefix: str) -> list[Symbol]:
+        """Defined symbols whose whole name starts with ``prefix`` (a search of the string
+        table for a name that begins there: C speed, no pass over the records)."""
+        needle = b"\0" + prefix.encode("latin-1")
+        names: set[str] = set()
+        pos = self._strtab.find(needle)
+        while pos >= 0:
+            end = self._strtab.find(b"\0", pos + 1)
+            names.add(self._strtab[pos + 1:end if end >= 0 else None].decode("latin-1"))
+            pos = self._strtab.find(needle, pos + 1)
+        return [sym for name in sorted(names) for sym in self.lookup(name)]
+
     def address(self, name: str) -> int | None:
         sym = self.get(name)
         return None if sym is None else sym.value

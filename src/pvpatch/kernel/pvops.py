@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from pvpatch.image.elf import ElfImage
+from pvpatch.image.layouts import STT_OBJECT
 from pvpatch.kernel.table_base import TableBase
 from pvpatch.types.model import StructLayout, TypeSource
 
@@ -60,12 +61,33 @@ def has_table_symbol(image: ElfImage) -> bool:
 
 
 @dataclass(frozen=True)
+class ExtraTable:
+    """A pv-op table beside ``pv_ops`` that call sites read (objtool allows several from 7.0:
+    f88dc319fcb6 "objtool: Allow multiple pv_ops arrays"). Kernel facts, with their range."""
+
+    symbol: str
+    struct: str  # its type, for member names
+    versions: str
+
+
+EXTRA_TABLES = (
+    # 7.0+: the lock ops left pv_ops for their own table (arch/x86/include/asm/
+    # paravirt-spinlock.h, b0b449e6fec4; read in Debian 7.3.4's source)
+    ExtraTable("pv_ops_lock", "pv_lock_ops", "7.0+"),
+)
+# Any other global whose name starts with this is a table too, named by offset when its type
+# is not known here (objtool's rule for what may be a pv-op array).
+EXTRA_PREFIX = "pv_ops_"
+
+
+@dataclass(frozen=True)
 class Slot:
-    index: int
-    offset: int  # bytes into the template
-    name: str  # member path, e.g. "irq.save_fl" or "pv_cpu_ops.cpuid"
+    index: int  # the type byte of .parainstructions; further tables continue the numbering
+    offset: int  # bytes into its table
+    name: str  # member path, e.g. "irq.save_fl", "pv_cpu_ops.cpuid", "pv_ops_lock.wait"
     address: int | None  # where the live value is stored in the image
     is_pointer: bool
+    table: str = "pv_ops"  # the global it lives in (per-member eras: the template's)
 
 
 def _wrapper_paths(layout: StructLayout, prefix: str = "") -> set[str]:
@@ -92,6 +114,7 @@ class PvOps:
         self.image = image
         self.ptr = image.ptr_size
         self.derived = derived
+        self._types = types
         self.container, self.layout = self._find(types)
         self.type_origin = types.origin if types and self.layout else None
         self.type_label = (getattr(types, "label", None) if self.type_origin == "builtin"
@@ -142,12 +165,62 @@ class PvOps:
             how = "no type information"
         where = f"; {self.derived.described}" if self.container is DERIVED and self.derived \
             else ""
-        return f"{self.container.name} ({self.container.versions}{where}; {how})"
+        extra = "".join(f" + {name}" for name, *_ in self.extra_tables) \
+            if self.container.name == "pv_ops" else ""
+        return f"{self.container.name}{extra} ({self.container.versions}{where}; {how})"
 
     @cached_property
     def slots(self) -> dict[int, Slot]:
+        """Every slot: the main table's by type byte, then each further table's."""
         if self.container is None:
             return {}
+        out = self._main_slots()
+        if self.container.name == "pv_ops":
+            for table in self.extra_tables:
+                out.update(self._table_slots(table, max(out, default=-1) + 1))
+        return out
+
+    @cached_property
+    def extra_tables(self) -> list[tuple[str, int, int, StructLayout | None]]:
+        """(symbol, address, size, layout) of each pv-op table beside pv_ops, by address."""
+        syms = self.image.symbols
+        known = {t.symbol: t for t in EXTRA_TABLES}
+        names = set(known) | {s.name for s in syms.named_prefix(EXTRA_PREFIX)
+                              if s.type == STT_OBJECT}
+        out = []
+        for name in sorted(names):
+            sym = syms.get(name)
+            if sym is None or sym.value == self.base:
+                continue
+            layout = self._types.struct(known[name].struct) if name in known and self._types \
+                else None
+            size = layout.size if layout is not None else sym.size
+            if not size or self.image.section_at(sym.value, size) is None:
+                continue
+            out.append((name, sym.value, min(size, MAX_SLOTS * self.ptr), layout))
+        return sorted(out, key=lambda t: t[1])
+
+    def _table_slots(self, table: tuple[str, int, int, StructLayout | None],
+                     first: int) -> dict[int, Slot]:
+        name, address, size, layout = table
+        if layout is None:
+            return {first + i: Slot(first + i, i * self.ptr, f"{name}+{i * self.ptr:#x}",
+                                    address + i * self.ptr, True, name)
+                    for i in range(size // self.ptr)}
+        out: dict[int, Slot] = {}
+        wrappers = _wrapper_paths(layout)
+        for path, offset, field in layout.leaves():
+            if offset % self.ptr or offset >= size:
+                continue
+            index = first + offset // self.ptr
+            parent = path.rpartition(".")[0]
+            member = parent if parent in wrappers else path
+            if index not in out:
+                out[index] = Slot(index, offset, f"{name}.{member}", address + offset,
+                                  field.kind == "ptr" and field.size == self.ptr, name)
+        return out
+
+    def _main_slots(self) -> dict[int, Slot]:
         if self.layout is None:
             return self._untyped_slots()
         out: dict[int, Slot] = {}

@@ -44,6 +44,13 @@ class DirectCallEra:
 
 ERA_6_8_PLUS = DirectCallEra("6.8–6.12 (read in Debian 6.12.117)", "nop_func", "BUG_func")
 
+# 7.0: apply_alternatives() takes the consecutive entries of one address as one patch site
+# (analyze_patch_site: the group's largest instrlen, the last entry whose feature test
+# passes; prep_patch_site: that one's replacement, or the original bytes; patch_site:
+# optimize_nops once). 544b4e15ed10, a4233c21e773 (pull x86_alternatives_for_v7.0_rc1);
+# read in Debian 7.3.4's arch/x86/kernel/alternative.c.
+GROUPED_SITES_FROM = (7, 0)
+
 
 def is_nop(code: bytes) -> bool:
     """``insn_is_nop()``: NOP (0x90, but not REP NOP) or NOPL (0f 1f), after prefixes."""
@@ -192,16 +199,66 @@ def plan_direct_calls(model: KernelModel, backend: Backend, alts: AltTable,
     patches = [SitePatch(s, code, code, "unpatched", reason="no alternative applied")
                for s in model.sites.sites for code in [site_bytes(image, s)]]
     by_addr = {p.site.address: p for p in patches}
-    lengths = _nested_instrlens(alts.entries)
+    v = model.version
+    grouped = v.major is not None and (v.major, v.minor or 0) >= GROUPED_SITES_FROM
     used = 0
-    for e in alts.entries:
-        sp = by_addr.get(e.instr)
-        if sp is None:
-            continue
-        used += 1
-        _apply_entry(model, backend, e, lengths[e.instr], sp, nops, bug_fn, nop_fn)
-    return PatchPlan(backend, nops, era.bug_function, patches, used, len(alts.entries) - used,
-                     era="G6")
+    if grouped:
+        for group in _consecutive_groups(alts.entries):
+            sp = by_addr.get(group[0].instr)
+            if sp is None:
+                continue
+            used += len(group)
+            _apply_group(model, backend, group, sp, nops, bug_fn, nop_fn)
+    else:
+        lengths = _nested_instrlens(alts.entries)
+        for e in alts.entries:
+            sp = by_addr.get(e.instr)
+            if sp is None:
+                continue
+            used += 1
+            _apply_entry(model, backend, e, lengths[e.instr], sp, nops, bug_fn, nop_fn)
+    out = PatchPlan(backend, nops, era.bug_function, patches, used, len(alts.entries) - used,
+                    era="G6")
+    out.notes.append("alternatives applied one patch site at a time (7.0+: the last eligible "
+                     "entry of each address)" if grouped else
+                     "alternatives applied entry by entry (6.8–6.x)")
+    return out
+
+
+def _consecutive_groups(entries: list[AltEntry]) -> list[list[AltEntry]]:
+    """analyze_patch_site(): runs of consecutive entries for the same address."""
+    groups: list[list[AltEntry]] = []
+    for e in entries:
+        if groups and groups[-1][0].instr == e.instr:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return groups
+
+
+def _apply_group(model: KernelModel, backend: Backend, group: list[AltEntry], sp: SitePatch,
+                 nops: NopTable, bug_fn: int, nop_fn: int | None) -> None:
+    """7.0+: one patch per site, from the last entry whose feature test passes."""
+    instrlen = max(e.instrlen for e in group)
+    sp.alternatives.extend(group)
+    if instrlen != sp.site.length:
+        sp.problems.append(f"alternatives #{group[0].index}… are {instrlen} bytes, the site "
+                           f"{sp.site.length}: not modelled")
+        return
+    chosen = None
+    for e in group:
+        applies, blocker = decide(e, instrlen, backend)
+        if blocker:
+            sp.problems.append(blocker)
+            return
+        if applies:
+            chosen = e
+    if chosen is None:
+        buf = bytearray(sp.after)
+        optimize_nops(buf, model.image.bits, nops)
+        sp.after = bytes(buf)
+        return
+    _patch_with(model, backend, chosen, instrlen, sp, nops, bug_fn, nop_fn)
 
 
 def _nested_instrlens(entries: list[AltEntry]) -> dict[int, int]:
@@ -229,6 +286,14 @@ def _apply_entry(model: KernelModel, backend: Backend, e: AltEntry, instrlen: in
         optimize_nops(buf, bits, nops)
         sp.after = bytes(buf)
         return
+    _patch_with(model, backend, e, instrlen, sp, nops, bug_fn, nop_fn)
+
+
+def _patch_with(model: KernelModel, backend: Backend, e: AltEntry, instrlen: int,
+                sp: SitePatch, nops: NopTable, bug_fn: int, nop_fn: int | None) -> None:
+    """prep_patch_site() + patch_site(): ``e``'s replacement, padded, relocated, NOPs
+    optimised."""
+    bits = model.image.bits
     buf = bytearray(model.image.read(e.replacement, e.replacementlen))
     used = len(buf)
     if e.direct_call:
