@@ -32,7 +32,9 @@ def assemble(source: str, bits: int = 64, *, ld_args: tuple[str, ...] = (),
         pytest.skip("GNU as/ld not installed: cannot build assembly fixtures")
     src = FIXTURES / source
     args = [f"--{bits}"] + [f"--defsym={k}={v}" for k, v in sorted((defsyms or {}).items())]
-    key = hashlib.sha256(src.read_bytes() + repr((args, ld_args, link)).encode()).hexdigest()[:12]
+    included = b"".join(p.read_bytes() for p in sorted(FIXTURES.glob("*.S")) if p != src)
+    key = hashlib.sha256(src.read_bytes() + included + repr((args, ld_args, link)).encode()
+                         ).hexdigest()[:12]  # the other sources too: a fixture may .include them
     BUILD.mkdir(parents=True, exist_ok=True)
     out = BUILD / f"{name or src.stem}-{bits}-{key}{'' if link else '.o'}"
     if out.exists():

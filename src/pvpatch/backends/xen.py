@@ -259,7 +259,7 @@ def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | N
     desc = (f"Xen PV guest with {vcpus} vCPU(s); start-up code read from the image "
             f"({ran}); steps {XEN_STARTUP.versions}")
     backend = Backend("xen", desc, out, startup=result)
-    backend.notes += [f"{f}: {why}" for f, why in result.skipped]
+    backend.notes += [f"{f} {why}" for f, why in result.skipped if why.startswith("does not")]
     backend.notes += result.problems
     _newer_than_read(model, version, backend, result)
     _legacy_patcher(model, backend)

@@ -21,6 +21,7 @@ the stores it makes. ``__static_call_update(key, tramp, func)`` is the primitive
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -277,7 +278,7 @@ class StoreReader:
         """Reduce one capstone instruction (see :class:`Op`)."""
         _, X = _capstone()
         nxt = i.address + i.size
-        text = f"{i.mnemonic} {i.op_str}".strip()
+        text = _DECIMAL.sub(lambda m: f"${int(m.group(1)):#x}", f"{i.mnemonic} {i.op_str}".strip())
         groups = i.groups
         base = dict(address=i.address, size=i.size, text=text)
         if X.X86_GRP_RET in groups or i.id in (X.X86_INS_UD2, X.X86_INS_INT3):
@@ -294,7 +295,11 @@ class StoreReader:
             return Op(**base, succ=succ, kind="clobber", written=_REP_REGS,
                       event=("movs", _STRING_MOVES[i.id]))
         event = None
-        if ops and ops[-1].type == X.X86_OP_MEM and ops[-1].access & _WRITE:
+        # capstone leaves the access flags of some SSE moves unset: a move's last operand is
+        # its destination all the same
+        moves_to_memory = i.id in _MOVES and len(ops) == 2
+        if ops and ops[-1].type == X.X86_OP_MEM and (ops[-1].access & _WRITE or
+                                                       moves_to_memory):
             src = self._src(i, ops[0]) if i.id in _MOVES and len(ops) == 2 else None
             event = ("store", self._mem(i, ops[-1]), src, ops[-1].size)
         if len(ops) == 2 and ops[1].type == X.X86_OP_REG:
@@ -479,7 +484,7 @@ class StoreReader:
         if not isinstance(dst, int) or not isinstance(count, int) or count > MAX_FUNCTION * 16:
             return
         raw = self.read(src, width * count) if isinstance(src, int) else None
-        how = op.text + (f" (from {self.image.symbols.describe(src)})"
+        how = op.text + (f" (from {self.image.symbols.describe_data(src)})"
                          if isinstance(src, int) else "")
         out.events.append(Store(op.address, dst, width * count, raw, how))
 
@@ -574,6 +579,7 @@ def _padding(rest: bytes) -> bool:
 
 
 _WRITE = 2  # capstone CS_AC_WRITE
+_DECIMAL = re.compile(r"\$(\d{5,})")  # capstone prints big immediates in decimal
 _XMM = frozenset(f"xmm{n}" for n in range(32))
 _REP_REGS = frozenset({"rcx", "rsi", "rdi", "ecx", "esi", "edi"})
 _ALL_REGS = frozenset(_reg_map())
@@ -588,7 +594,8 @@ def _init_ids() -> None:
     if _STRING_STORES:
         return
     _, X = _capstone()
-    _MOVES = frozenset({X.X86_INS_MOV, X.X86_INS_MOVABS, X.X86_INS_MOVUPS, X.X86_INS_MOVAPS,
+    _MOVES = frozenset({X.X86_INS_MOV, X.X86_INS_MOVABS, X.X86_INS_MOVQ, X.X86_INS_MOVD,
+                        X.X86_INS_MOVUPS, X.X86_INS_MOVAPS,
                         X.X86_INS_MOVDQU, X.X86_INS_MOVDQA, X.X86_INS_VMOVUPS,
                         X.X86_INS_VMOVAPS, X.X86_INS_VMOVDQU, X.X86_INS_VMOVDQA})
     _ZEROING = frozenset({X.X86_INS_XOR, X.X86_INS_SUB, X.X86_INS_PXOR, X.X86_INS_XORPS})

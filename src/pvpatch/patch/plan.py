@@ -92,6 +92,7 @@ ERA_5_13_TO_6_7 = Era("paravirt_patch", "5.13–6.7", "_paravirt_nop", "paravirt
 def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -> PatchPlan:
     """The single entry: dispatch to the planner of the image's era (kernel.era)."""
     out = _plan(model, backend, alts, nops)
+    out.notes[:0] = backend.notes
     b = model.builtin
     if b is not None and b.table is not None:
         out.notes.insert(0, f"op names from {b.described} (no BTF/DWARF in the image)")
