@@ -10,10 +10,11 @@ from pvpatch.disasm import decode, decode_slow
 
 
 @pytest.mark.parametrize("bits", [64, 32])
-def test_fast_path_matches_capstone(bits):
+@pytest.mark.parametrize("head", ["ff15", "ff25", "ff1425", "ff2425"])
+def test_fast_path_matches_capstone(bits, head):
     rng = random.Random(1234)
-    for _ in range(2000):
-        code = b"\xff\x15" + rng.randbytes(4)
+    for _ in range(2000):  # (32-bit SIB forms are no fast path: they must still agree)
+        code = bytes.fromhex(head) + rng.randbytes(4)
         addr = rng.choice([0x401000, 0xFFFFFFFF81000000]) if bits == 64 else 0x8049000
         addr += rng.randrange(0, 1 << 24)
         fast, slow = decode(code, addr, bits), decode_slow(code, addr, bits)
@@ -21,10 +22,16 @@ def test_fast_path_matches_capstone(bits):
             [(i.size, i.text, i.mem_target, i.is_indirect_branch) for i in slow], code.hex()
 
 
-def test_other_encodings_go_through_capstone():
+def test_the_2_6_30_to_5_17_form_reads_its_absolute_slot():
     code = bytes.fromhex("ff1425a89aa382")  # call *0xffffffff82a39aa8 (2.6.30–5.17 form)
     (insn,) = decode(code, 0xFFFFFFFF81000000, 64)
     assert insn.size == 7 and insn.mem_target == 0xFFFFFFFF82A39AA8
+
+
+def test_other_encodings_go_through_capstone():
+    code = bytes.fromhex("ff542500")  # call *(%rsp): no fast form
+    (insn,) = decode(code, 0xFFFFFFFF81000000, 64)
+    assert insn.size == 4 and insn.mem_target is None and insn.is_indirect_branch
 
 
 @pytest.mark.parametrize("bits", [32, 64])

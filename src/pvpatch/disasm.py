@@ -47,20 +47,32 @@ def _decoder(bits: int) -> capstone.Cs:
     return md
 
 
-def _indirect_call(code: bytes, address: int, bits: int) -> Insn | None:
-    """Fast path for the one encoding nearly every pv site uses: ``ff 15 disp32``.
+# ModRM bytes of the indirect call/jmp forms pv sites use: (mnemonic stem, SIB byte follows)
+_FAST_FORMS = {0x15: ("call", False), 0x25: ("jmp", False), 0x14: ("call", True),
+               0x24: ("jmp", True)}
 
-    Decoding ~4000 sites through capstone's detail mode costs more than the rest of
+
+def _indirect_call(code: bytes, address: int, bits: int) -> Insn | None:
+    """Fast path for the encodings nearly every pv site uses: ``ff 15 disp32`` (5.18+;
+    i386 always), ``ff 14 25 abs32`` (2.6.30–5.17 x86-64) and their ``jmp`` twins.
+
+    Decoding thousands of sites through capstone's detail mode costs more than the rest of
     ``inspect``; this produces exactly capstone's AT&T text (a test holds it to that).
     """
-    if len(code) != 6 or code[0] != 0xFF or code[1] != 0x15:
+    if len(code) < 6 or code[0] != 0xFF or code[1] not in _FAST_FORMS:
         return None
-    disp = int.from_bytes(code[2:6], "little", signed=True)
-    if bits == 64:
+    stem, sib = _FAST_FORMS[code[1]]
+    size = 7 if sib else 6
+    if len(code) != size or (sib and (code[2] != 0x25 or bits != 64)):
+        return None  # (capstone words a 32-bit SIB displacement its own way: no fast path)
+    disp = int.from_bytes(code[size - 4:size], "little", signed=True)
+    mnemonic = stem + ("q" if bits == 64 else "l")
+    if bits == 64 and not sib:
         sign = "-" if disp < 0 else ""
-        return Insn(address, 6, "callq", f"*{sign}{abs(disp):#x}(%rip)", code,
+        return Insn(address, 6, mnemonic, f"*{sign}{abs(disp):#x}(%rip)", code,
                     (address + 6 + disp) & 0xFFFFFFFFFFFFFFFF, True)
-    return Insn(address, 6, "calll", f"*{disp & 0xFFFFFFFF:#x}", code, disp & 0xFFFFFFFF, True)
+    target = disp & ((1 << bits) - 1)
+    return Insn(address, size, mnemonic, f"*{target:#x}", code, target, True)
 
 
 def decode(code: bytes, address: int, bits: int) -> list[Insn]:
