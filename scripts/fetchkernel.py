@@ -413,9 +413,17 @@ def release_from_depends(depends: str, base: str) -> tuple[str, str] | None:
         for alt in item.split("|"):
             m = re.match(r"^\s*linux-image-(\d\S*)-dbg(?::\S+)?\s*(?:\(\s*=\s*([^)\s]+)\s*\))?",
                          alt)
-            if m and m.group(1).endswith("-" + base):
+            if m and is_release_of(m.group(1), base):
                 return m.group(1), m.group(2) or ""
     return None
+
+
+def is_release_of(release: str, base: str) -> bool:
+    """``6.1.0-50-amd64`` and ``7.3.4+deb13-amd64`` are releases of flavour ``amd64``;
+    ``6.1.0-50-cloud-amd64`` is not: every '-' part before the flavour starts with a digit."""
+    abi, sep, rest = release.rpartition("-" + base)
+    return bool(sep) and not rest and bool(abi) and all(p[:1].isdigit()
+                                                        for p in abi.split("-"))
 
 
 class PrivateApt:
