@@ -256,6 +256,35 @@ def test_layout_none_and_dangling_links():
     assert fk.parse_listing_line("not a listing line") is None
 
 
+# -- the cache's names, as tests/conftest.py reads them -----------------------------------------
+
+
+def test_real_kernel_finds_each_series_by_name(tmp_path, monkeypatch):
+    import conftest
+
+    names = ["5.10.0-32-amd64", "6.1.0-9-amd64", "6.1.0-57-amd64", "6.1.0-57-cloud-amd64",
+             "6.1.0-57-rt-amd64", "6.12.118+deb12-amd64", "6.12.118+deb12-cloud-amd64",
+             "7.3.4+deb13-amd64", "6.1.0-57-686-pae"]
+    (tmp_path / "kernels").mkdir()
+    for n in names:
+        for kind in ("vmlinux", "vmlinuz"):
+            (tmp_path / "kernels" / f"{kind}-{n}").touch()
+    monkeypatch.setattr(conftest, "CACHE", tmp_path)
+    got = {(f, s, k): conftest.real_kernel(f, s, k).name
+           for f, s in [("amd64", "5.10"), ("amd64", "7.3"), ("amd64", "6.1"),
+                        ("cloud-amd64", "6.1"), ("amd64", "6.12"), ("686-pae", "6.1")]
+           for k in ("vmlinux", "vmlinuz")}
+    assert got[("amd64", "5.10", "vmlinux")] == "vmlinux-5.10.0-32-amd64"
+    assert got[("amd64", "7.3", "vmlinux")] == "vmlinux-7.3.4+deb13-amd64"
+    assert got[("amd64", "7.3", "vmlinuz")] == "vmlinuz-7.3.4+deb13-amd64"
+    assert got[("amd64", "6.1", "vmlinux")] == "vmlinux-6.1.0-57-amd64"  # not -9, not cloud
+    assert got[("cloud-amd64", "6.1", "vmlinuz")] == "vmlinuz-6.1.0-57-cloud-amd64"
+    assert got[("amd64", "6.12", "vmlinux")] == "vmlinux-6.12.118+deb12-amd64"
+    assert got[("686-pae", "6.1", "vmlinux")] == "vmlinux-6.1.0-57-686-pae"
+    with pytest.raises(pytest.skip.Exception):
+        conftest.real_kernel("cloud-amd64", "5.10")
+
+
 # -- the script --------------------------------------------------------------------------------
 
 FAKE_APT = r"""#!/bin/sh
