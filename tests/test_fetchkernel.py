@@ -311,7 +311,9 @@ def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
                           env={**os.environ, **(env or {})}, timeout=1800)
 
 
-def test_cached_kernel_is_printed_without_a_download_hermetic(tmp_path):
+@pytest.fixture
+def fake_apt(tmp_path) -> dict[str, str]:
+    """The environment of a run against the fake apt, with bullseye's 5.10 cached."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("apt-get", "apt-cache"):
@@ -319,13 +321,18 @@ def test_cached_kernel_is_printed_without_a_download_hermetic(tmp_path):
         (bin_dir / tool).chmod(0o755)
     cache = tmp_path / "cache"
     (cache / "kernels").mkdir(parents=True)
-    vmlinux = cache / "kernels" / "vmlinux-5.10.0-32-amd64"
-    vmlinux.write_bytes(b"\x7fELF")
+    (cache / "kernels" / "vmlinux-5.10.0-32-amd64").write_bytes(b"\x7fELF")
     (cache / "kernels" / "vmlinuz-5.10.0-32-amd64").write_bytes(b"MZ")
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PVPATCH_CACHE": str(cache),
+            "FAKE_LOG": str(tmp_path / "log")}
+
+
+def test_cached_kernel_is_printed_without_a_download_hermetic(tmp_path, fake_apt):
+    env = fake_apt
+    cache = Path(env["PVPATCH_CACHE"])
+    vmlinux = cache / "kernels" / "vmlinux-5.10.0-32-amd64"
     (cache / "debs").mkdir()
     (cache / "debs" / "linux-image-old-dbg_1_amd64.deb").write_bytes(b"old")
-    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PVPATCH_CACHE": str(cache),
-           "FAKE_LOG": str(tmp_path / "log")}
     r = run_script("bullseye:amd64", "--with-vmlinuz", env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{vmlinux}\n"
@@ -336,6 +343,30 @@ def test_cached_kernel_is_printed_without_a_download_hermetic(tmp_path):
     r = run_script("bookworm:amd64", "--no-download", env=env)
     assert r.returncode == 3 and r.stdout == ""
     assert "6.1.0-50-amd64 not cached" in r.stderr.splitlines()[-1]
+
+
+def test_boot_tests_fetch_kernel_takes_suite_qualified_names(fake_apt, monkeypatch):
+    from boottest import common
+
+    for k, v in fake_apt.items():
+        monkeypatch.setenv(k, v)
+    kernel = common.fetch_kernel("bullseye:amd64")
+    assert (kernel.flavour, kernel.release) == ("bullseye:amd64", "5.10.0-32-amd64")
+    assert kernel.vmlinuz.name == "vmlinuz-5.10.0-32-amd64"
+    with pytest.raises(common.BootError, match="unreachable or has no such package"):
+        common.fetch_kernel("trixie:amd64")  # the fake registry has no trixie
+
+
+@pytest.mark.parametrize("path, release", [
+    ("kernels/vmlinux-5.10.0-32-amd64", "5.10.0-32-amd64"),
+    ("kernels/vmlinux-7.3.4+deb13-amd64", "7.3.4+deb13-amd64"),
+    ("kernels/vmlinuz-6.12.118+deb12-cloud-amd64", "6.12.118+deb12-cloud-amd64"),
+    ("usr/lib/debug/lib/modules/7.3.4+deb13-amd64/vmlinux", "7.3.4+deb13-amd64"),
+    ("build/vmlinux", "vmlinux")])
+def test_boot_tests_release_of(path, release):
+    from boottest.common import release_of
+
+    assert release_of(Path(path)) == release
 
 
 def test_usage_errors_exit_2():
