@@ -598,7 +598,7 @@ class Fetcher:
         host = _host_apt_paths()
         entries = read_entries(source_files(Path(host["S"]), Path(host["SP"])))
         archives = pick_archives(entries, key_dir=self.apt.root / "keys")
-        for kind in {suite_kind(s) for s in req.suites}:
+        for kind in sorted({suite_kind(s) for s in req.suites}):
             a = archives[kind]
             say(f"{kind} archive {a.uri} (from {a.origin}), keyring {a.keyring}")
             if not os.path.isfile(a.keyring):
