@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -770,6 +771,8 @@ def main(argv: list[str]) -> int:
         if shutil.which(tool) is None:
             say(f"{tool} not available: cannot fetch Debian kernels")
             return EXIT_UNAVAILABLE
+    # a TERM unwinds like ^C, so the temporary .deb is removed now, not by the next run
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     cache = Path(os.environ.get("PVPATCH_CACHE") or Path.home() / ".cache" / "pvpatch")
     fetcher = Fetcher(cache)
     try:
@@ -783,6 +786,9 @@ def main(argv: list[str]) -> int:
     except (Failure, OSError) as e:
         say(str(e))
         return 1
+    except KeyboardInterrupt:
+        say("interrupted; nothing half-written is left in the cache")
+        return 130
     print(path)
     return 0
 
