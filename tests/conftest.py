@@ -53,26 +53,34 @@ def assemble(source: str, bits: int = 64, *, ld_args: tuple[str, ...] = (),
     return out
 
 
-_RELEASE_BASE = re.compile(r"^(\d+\.\d+)[\d.]*(-\d+|\+deb\d+)$")  # 6.1.0-56, 6.12.117+deb12
+# the release without its flavour: 5.10.0-32, 6.1.0-56, 6.12.117+deb12, 7.3.4+deb13, 6.12.9+bpo
+_RELEASE_BASE = re.compile(r"^(\d+\.\d+)[\d.]*(-\d+|\+[a-z]+\d*)$")
+
+
+def _release_order(base: str) -> tuple[int, ...]:
+    """Numeric order, so that 6.1.0-57 is newer than 6.1.0-9."""
+    return tuple(int(n) for n in re.findall(r"\d+", base))
 
 
 def real_kernel(flavour: str = "cloud-amd64", series: str = "6.1", kind: str = "vmlinux") -> Path:
     """A fetched Debian kernel of exactly this flavour and series, or skip loudly.
 
-    ``vmlinux-6.1.0-56-amd64`` is flavour ``amd64`` of series ``6.1``; the cloud kernel is
-    not an ``amd64`` one, and 6.12 is not 6.1. ``kind`` is ``vmlinux`` or ``vmlinuz``.
+    ``vmlinux-6.1.0-56-amd64`` is flavour ``amd64`` of series ``6.1``, and so are
+    ``vmlinux-5.10.0-32-amd64`` of ``5.10`` and ``vmlinux-7.3.4+deb13-amd64`` of ``7.3``; the
+    cloud kernel is not an ``amd64`` one, and 6.12 is not 6.1. ``kind`` is ``vmlinux`` or
+    ``vmlinuz``. Of several releases, the newest.
     """
     kdir = CACHE / "kernels"
     found = []
-    for path in sorted(kdir.glob(f"{kind}-*-{flavour}")) if kdir.is_dir() else []:
+    for path in kdir.glob(f"{kind}-*-{flavour}") if kdir.is_dir() else []:
         base = path.name[len(kind) + 1:-len(flavour) - 1]
         m = _RELEASE_BASE.match(base)
         if m and m.group(1) == series:
-            found.append(path)
+            found.append((_release_order(base), path))
     if not found:
         pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {series} {flavour} {kind} in {kdir} "
                     "(run `make fetch` with access to Debian's package registry)")
-    return found[-1]
+    return max(found)[1]
 
 
 def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -188,7 +188,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--flavour", help="Debian flavour to fetch (amd64, cloud-amd64)")
+    ap.add_argument("--flavour", help="Debian [SUITE:]FLAVOUR to fetch (amd64, cloud-amd64, "
+                    "bullseye:amd64, trixie-backports:amd64; see scripts/fetch-kernel.sh)")
     ap.add_argument("--vmlinux", type=Path, help="a debug vmlinux (instead of --flavour)")
     ap.add_argument("--vmlinuz", type=Path, help="its bootable image (default: next to it)")
     ap.add_argument("--mode", choices=MODES, action="append", required=True,

@@ -109,10 +109,17 @@ class Kernel:
 
 
 def fetch_kernel(flavour: str) -> Kernel:
-    """scripts/fetch-kernel.sh FLAVOUR --with-vmlinuz: the debug vmlinux and bootable vmlinuz."""
+    """scripts/fetch-kernel.sh FLAVOUR --with-vmlinuz: the debug vmlinux and bootable vmlinuz.
+
+    FLAVOUR is the script's ``[SUITE:]FLAVOUR``: ``amd64`` (bookworm, as always),
+    ``bullseye:amd64``, ``trixie-backports:amd64``, ...; it is kept as given in the boot records.
+    """
     r = subprocess.run([str(REPO / "scripts" / "fetch-kernel.sh"), flavour, "--with-vmlinuz"],
                        stdout=subprocess.PIPE, text=True)
-    if r.returncode:
+    if r.returncode == 3:
+        raise BootError(f"no {flavour} kernel: Debian's registry is unreachable or has no such "
+                        "package (scripts/fetch-kernel.sh exit 3; see above)")
+    if r.returncode or not r.stdout.strip():
         raise BootError(f"scripts/fetch-kernel.sh {flavour} --with-vmlinuz failed "
                         f"(exit {r.returncode}; see above)")
     vmlinux = Path(r.stdout.strip().splitlines()[-1])
@@ -132,8 +139,16 @@ def kernel_from_paths(vmlinux: Path, vmlinuz: Path | None) -> Kernel:
 
 
 def release_of(vmlinux: Path) -> str:
+    """The release a kernel file is named for: ``vmlinux-5.10.0-32-amd64``,
+    ``vmlinuz-7.3.4+deb13-amd64``, or 7.x's in-package ``.../modules/7.3.4+deb13-amd64/vmlinux``
+    (the release is the directory); any other name is its own release."""
     name = vmlinux.name
-    return name[len("vmlinux-"):] if name.startswith("vmlinux-") else name
+    for prefix in ("vmlinux-", "vmlinuz-"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix):]
+    if name in ("vmlinux", "vmlinuz", "vmlinuz.unsigned") and vmlinux.parent.name[:1].isdigit():
+        return vmlinux.parent.name
+    return name
 
 
 # -- the vmlinux -----------------------------------------------------------------------------

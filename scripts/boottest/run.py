@@ -63,7 +63,8 @@ def main() -> int:
     ap.add_argument("--refresh", action="store_true", help="reboot even where dumps are cached")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per boot")
     ap.add_argument("--only", action="append", metavar="FLAVOUR:MODE",
-                    help="run only these (repeatable), e.g. amd64:xen1")
+                    help="run only these (repeatable), e.g. amd64:xen1 or, for a "
+                         "suite-qualified flavour, bullseye:amd64:native")
     ap.add_argument("--describe", action="store_true",
                     help="also print each dump's per-op ground truth")
     ap.add_argument("--keep-patched", action="store_true",
