@@ -365,6 +365,15 @@ class SymbolTable:
             self._named.update({a: found.get(a) for a in rest})  # misses too: scan once
         return hits | {a: n for a in addrs - hits.keys() if (n := self._named[a]) is not None}
 
+    def all_names_at(self, addrs: set[int]) -> dict[int, list[str]]:
+        """Every defined name at each of ``addrs`` (aliases included), in one pass: for
+        tables whose entries must be told apart by name, e.g. static-call keys."""
+        c, out = self._columns, {}
+        for i in compress(range(len(c["value"])), map(addrs.__contains__, c["value"])):
+            if c["name"][i] and self._defined(i):
+                out.setdefault(c["value"][i], []).append(self._name(c["name"][i]))
+        return out
+
     def _scan_names(self, addrs: set[int]) -> dict[int, str]:
         c = self._columns
         best: dict[int, tuple[tuple[bool, bool, bool], int]] = {}
