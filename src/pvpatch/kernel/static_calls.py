@@ -82,6 +82,8 @@ class StaticCallKey:
     func_name: str | None
     tramp: int | None
     tramp_code: bytes | None = None
+    tramp_target: int | None = None  # where its jmp.d32 goes as built (None: the ret form)
+    tramp_target_name: str | None = None
     info: PvStaticCall | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -185,6 +187,10 @@ def _key(image: ElfImage, info: PvStaticCall, address: int,
         key.problems.append(f"no {TRAMP_PREFIX}{info.name} trampoline symbol")
         return key
     key.tramp_code = image.try_read(key.tramp, TRAMP_SIZE)
+    key.tramp_target = tramp_target(key, image.bits)
+    if key.tramp_target is not None:
+        key.tramp_target_name = image.symbols.name_at(key.tramp_target) or \
+            image.symbols.describe(key.tramp_target)
     problem = _tramp_problem(image, key, version)
     if problem:
         key.problems.append(problem)

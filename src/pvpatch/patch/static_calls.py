@@ -241,9 +241,13 @@ def plan_site(site: StaticCallSite, key: StaticCallKey, target: CallTarget | Non
     before = site.code or b""
     sp = StaticCallPatch("site", site.key, site.address, site.section, before, before,
                          "unpatched", site=site)
-    why = _unresolved(target, key, backend) or (site.problems[0] if site.problems else None)
-    if why is not None or not before:
-        sp.reason = why or "no bytes in the file"
+    if site.problems or not before:  # __static_call_validate() would BUG() at boot
+        sp.problems = [f"{p}: the kernel BUG()s patching it" for p in site.problems]
+        sp.reason = site.problems[0] if site.problems else "no bytes in the file"
+        return sp
+    why = _unresolved(target, key, backend)
+    if why is not None:
+        sp.reason = why
         return sp
     func, reason = target.value, target.reason
     if site.section == ".exit.text" and func != key.func and key.func is not None:
@@ -261,9 +265,10 @@ def plan_trampoline(key: StaticCallKey, target: CallTarget | None, tf: Transform
     ``__static_call_fixup()`` of apply_returns on one that still jumps to the return thunk."""
     before = key.tramp_code[:5]
     sp = StaticCallPatch("trampoline", key.name, key.tramp, None, before, before, "as-built")
-    why = _unresolved(target, key, backend) or (key.problems[0] if key.problems else None)
-    if why is not None:
-        sp.outcome, sp.reason = "unpatched", why
+    why = _unresolved(target, key, backend)
+    if why is not None or key.problems:
+        sp.outcome, sp.reason, sp.problems = "unpatched", why or key.problems[0], \
+            list(key.problems)
         return sp
     func = target.value
     if func != key.func:
