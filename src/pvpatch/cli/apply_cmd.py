@@ -35,7 +35,7 @@ from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report (docs/apply.md).")
 @click.option("--check", is_flag=True,
               help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
-                   "violation, replacement too long).")
+                   "violation, replacement too long, a static-call record the kernel refuses).")
 @image_options()
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,

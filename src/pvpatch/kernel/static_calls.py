@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pvpatch.disasm import decode, text_of
-from pvpatch.image.elf import ElfImage
+from pvpatch.image.elf import ElfImage, Section
 from pvpatch.image.symbols import SymbolTable
 from pvpatch.kernel.version import KernelVersion
 
@@ -169,6 +169,7 @@ def _pv_keys(image: ElfImage, version: KernelVersion | None) -> dict[str, Static
         if address is None:
             continue
         out[info.name] = _key(image, info, address, version)
+    _name_functions(image, list(out.values()))
     return out
 
 
@@ -177,9 +178,7 @@ def _key(image: ElfImage, info: PvStaticCall, address: int,
     """The key's ``func`` (its first word) and the trampoline it names, both validated."""
     raw = image.try_read(address, image.ptr_size)
     func = None if raw is None else int.from_bytes(raw, "little")
-    func_name = None if func is None else (
-        "NULL" if func == 0 else image.symbols.name_at(func) or image.symbols.describe(func))
-    key = StaticCallKey(info.name, address, func, func_name,
+    key = StaticCallKey(info.name, address, func, None,
                         image.symbols.address(TRAMP_PREFIX + info.name), info=info)
     if func is None:
         key.problems.append(f"{KEY_PREFIX}{info.name} at {address:#x} has no bytes in the file")
@@ -188,13 +187,24 @@ def _key(image: ElfImage, info: PvStaticCall, address: int,
         return key
     key.tramp_code = image.try_read(key.tramp, TRAMP_SIZE)
     key.tramp_target = tramp_target(key, image.bits)
-    if key.tramp_target is not None:
-        key.tramp_target_name = image.symbols.name_at(key.tramp_target) or \
-            image.symbols.describe(key.tramp_target)
     problem = _tramp_problem(image, key, version)
     if problem:
         key.problems.append(problem)
     return key
+
+
+def _name_functions(image: ElfImage, keys: list[StaticCallKey]) -> None:
+    """Name every key's function and trampoline target in one pass over the symbols."""
+    wanted = {a for k in keys for a in (k.func, k.tramp_target) if a}
+    names = image.symbols.names_at(wanted)
+
+    def name(a: int | None) -> str | None:
+        if a is None:
+            return None
+        return "NULL" if a == 0 else names.get(a) or image.symbols.describe(a)
+
+    for k in keys:
+        k.func_name, k.tramp_target_name = name(k.func), name(k.tramp_target)
 
 
 def _tramp_problem(image: ElfImage, key: StaticCallKey,
@@ -266,8 +276,7 @@ def _records(image: ElfImage, raw: bytes, base: int, keys: dict[int, StaticCallK
 
 def _key_names(image: ElfImage, addresses: set[int]) -> set[int]:
     """The addresses among ``addresses`` that a ``__SCK__`` symbol names (aliases too)."""
-    names = image.symbols.all_names_at(addresses)
-    return {a for a, found in names.items() if any(n.startswith(KEY_PREFIX) for n in found)}
+    return image.symbols.named_with_prefix(addresses, KEY_PREFIX)
 
 
 def _site(image: ElfImage, index: int, addr: int, word: int, key: StaticCallKey
@@ -301,7 +310,7 @@ def _branch_target(addr: int, code: bytes, bits: int) -> int | None:
     return None
 
 
-def _site_problem(sec, site: StaticCallSite, key: StaticCallKey) -> str | None:
+def _site_problem(sec: Section | None, site: StaticCallSite, key: StaticCallKey) -> str | None:
     """What ``__static_call_validate()`` would refuse, plus a call of another trampoline."""
     if sec is None or not sec.is_exec:
         return f"{site.address:#x} is not in an executable section"

@@ -124,7 +124,7 @@ class StaticCallPatch:
 class Transform:
     """The release's ``__static_call_transform()`` pieces, read from the image once."""
 
-    inline: dict[int, tuple[bytes, str]]  # function address → (bytes, which array, source)
+    inline: dict[int, tuple[bytes, str]]  # function address → (bytes, where they came from)
     nop5: bytes
     ret: bytes
     jcc_null: int | None  # where a NULL Jcc tail call goes (__static_call_return)
