@@ -306,7 +306,13 @@ def test_debian_61_checks_clean_with_only_explained_warnings(flavour, tmp_path):
     null = [f for f in d["findings"] if f["check"] == "slot.null"]
     assert null and {f["backend"] for f in null} == {"xen"}
     assert {f["op"] for f in null} == XEN_NULL_OPS
-    rest = [f["check"] for f in d["findings"] if f["check"] != "slot.null"]
+    # the xen backend does not yet say what the pv static-call keys hold: one warning a key
+    unresolved = [f for f in d["findings"] if f["check"] == "static_call.unresolved"]
+    assert {(f["backend"], f["op"]) for f in unresolved} == {
+        ("xen", "static_call.pv_steal_clock"), ("xen", "static_call.pv_sched_clock"),
+        ("xen", "static_call.xen_hypercall")}
+    rest = [f["check"] for f in d["findings"]
+            if f["check"] not in ("slot.null", "static_call.unresolved")]
     # the cloud flavour is built without CONFIG_XEN_DOM0 yet 6.1 declares dom0 unconditionally
     assert rest == (["xen.dom0-unbacked"] if flavour == "cloud-amd64" else [])
     assert run(path, "--backend", "native", "--fail-on", "warning").returncode == 0
