@@ -32,7 +32,8 @@ def seeds() -> list[tuple[str, bytes]]:
     from conftest import assemble
 
     out = []
-    for src, bits, defs in (("pv_kernel61.S", 64, {}), ("pv_sites.S", 64, {}),
+    for src, bits, defs in (("pv_kernel61.S", 64, {}), ("pv_kernel61.S", 64, {"STATIC_CALLS": 1}),
+                            ("pv_sites.S", 64, {}),
                             ("pv_sites.S", 32, {"I386": 1}), ("pv_sites.S", 64, {"CALL_ABS": 1}),
                             ("xen_notes.S", 64, {}), ("xen_guest_legacy.S", 32, {})):
         try:
@@ -41,7 +42,8 @@ def seeds() -> list[tuple[str, bytes]]:
         except Exception as e:  # a fixture that needs a linker script we lack: skip it
             print(f"fuzz: seed {src}/{bits} not built: {e}", file=sys.stderr)
             continue
-        out.append((f"{Path(src).stem}-{bits}", path.read_bytes()))
+        tag = "-static-calls" if "STATIC_CALLS" in defs else ""
+        out.append((f"{Path(src).stem}-{bits}{tag}", path.read_bytes()))
     return out + _more_seeds()
 
 

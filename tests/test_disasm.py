@@ -22,6 +22,19 @@ def test_fast_path_matches_capstone(bits, head):
             [(i.size, i.text, i.mem_target, i.is_indirect_branch) for i in slow], code.hex()
 
 
+@pytest.mark.parametrize("bits", [64, 32])
+def test_rel32_branch_fast_path_matches_capstone(bits):
+    """call/jmp rel32 and jcc rel32, the static-call sites' forms, read as capstone reads them."""
+    rng = random.Random(99)
+    opcodes = [b"\xe8", b"\xe9"] + [bytes([0x0F, 0x80 + cc]) for cc in range(16)]
+    for _ in range(2000):
+        code = rng.choice(opcodes) + rng.randbytes(4)
+        addr = (0xFFFFFFFF81000000 if bits == 64 else 0xC1000000) + rng.randrange(1 << 24)
+        fast, slow = decode(code, addr, bits), decode_slow(code, addr, bits)
+        assert [(i.size, i.text, i.is_indirect_branch) for i in fast] == \
+            [(i.size, i.text, i.is_indirect_branch) for i in slow], code.hex()
+
+
 def test_the_2_6_30_to_5_17_form_reads_its_absolute_slot():
     code = bytes.fromhex("ff1425a89aa382")  # call *0xffffffff82a39aa8 (2.6.30–5.17 form)
     (insn,) = decode(code, 0xFFFFFFFF81000000, 64)

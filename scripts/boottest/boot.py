@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 
 from boottest.common import (BOOT_CACHE, BootError, Kernel, ensure_tools, fetch_kernel,  # noqa: I001
                              find_xen_gz, kernel_from_paths, now_iso, read_text, say, text_layout,
-                             text_sites, tool_versions, write_json)
+                             text_sites, text_static_calls, tool_versions, write_json)
 from boottest.initramfs import MARKER, build_initramfs
 from boottest.locate import locate_text
 from boottest.masks import account, build_mask
@@ -168,7 +168,8 @@ def sanity_check(kernel: Kernel, image_path: Path, meta: dict) -> dict:
     orig = read_text(kernel.vmlinux)
     boot_img = image_path.read_bytes()
     missing = {int(p["page"]) for p in meta.get("location", {}).get("missing_pages", [])}
-    changes = account(orig, boot_img, build_mask(kernel.vmlinux, text, sites),
+    mask = build_mask(kernel.vmlinux, text, sites, text_static_calls(kernel.vmlinux))
+    changes = account(orig, boot_img, mask,
                       (lambda off: off // 4096 not in missing) if missing else None)
     runs = changes.pop("unexplained_runs")
     changes["unexplained_runs"] = [{"vaddr": hex(text.vaddr + off), "bytes": n}

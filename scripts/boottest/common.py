@@ -182,10 +182,20 @@ def read_text(vmlinux: Path) -> bytes:
         return bytes(im.section_data(im.section(".text")))
 
 
+def _pvpatch_stamp() -> list[tuple[str, int, int]]:
+    """The identity of the pvpatch sources (path, size, mtime): a cached inspect report of an
+    older pvpatch lacks what a newer one adds (the static calls), so it must not be reused."""
+    src = REPO / "src" / "pvpatch"
+    return [(str(p.relative_to(src)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(src.rglob("*.py"))]
+
+
 def load_sites(vmlinux: Path) -> dict:
-    """``pvpatch inspect VMLINUX --json``, cached by the file's identity (path, size, mtime)."""
+    """``pvpatch inspect VMLINUX --json``, cached by the file's identity (path, size, mtime)
+    and the pvpatch sources'."""
     st = vmlinux.stat()
-    key = hashlib.sha256(repr((str(vmlinux.resolve()), st.st_size, st.st_mtime_ns)).encode())
+    key = hashlib.sha256(repr((str(vmlinux.resolve()), st.st_size, st.st_mtime_ns,
+                               _pvpatch_stamp())).encode())
     path = BOOT_CACHE / "sites" / f"{release_of(vmlinux)}-{key.hexdigest()[:12]}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -206,3 +216,20 @@ def text_sites(vmlinux: Path) -> list[dict]:
     sites = [dict(s, addr=int(s["address"], 16)) for s in load_sites(vmlinux)["sites"]
              if s["section"] == ".text"]
     return sorted(sites, key=lambda s: s["addr"])
+
+
+def text_static_calls(vmlinux: Path) -> list[dict]:
+    """The .text pv static-call sites and pv trampolines (``static_calls`` of the inspect
+    report), each with an int ``addr``, a ``length``, an ``op`` naming its key and a
+    ``kind`` (``site`` or ``trampoline``), in address order."""
+    report = load_sites(vmlinux).get("static_calls") or {}
+    text = text_layout(vmlinux)
+    out = [dict(s, addr=int(s["address"], 16), op=f"static_call.{s['key']}", kind="site")
+           for s in report.get("sites", []) if s["section"] == ".text"]
+    for k in report.get("keys", []):
+        addr = int(k["trampoline"], 16) if k.get("trampoline") else None
+        if addr is not None and text.vaddr <= addr < text.vaddr + text.size:
+            out.append({"addr": addr, "length": k["trampoline_size"], "kind": "trampoline",
+                        "op": f"static_call_trampoline.{k['name']}",
+                        "function": f"__SCT__{k['name']}"})
+    return sorted(out, key=lambda s: s["addr"])

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Compare a patched kernel's pv sites with what the booted kernel held in memory.
 
-For every ``.text`` pv site of VMLINUX (from ``pvpatch inspect VMLINUX --json``) the bytes of
-PATCHED at the site (read through its PT_LOAD mapping) are compared with the bytes of the boot
-dump at the same address. Without --patched, VMLINUX itself is compared: that lists every site
+For every ``.text`` pv site of VMLINUX (from ``pvpatch inspect VMLINUX --json``), and every
+``.text`` pv static-call site and pv trampoline (its ``static_calls``), the bytes of PATCHED at
+the site (read through its PT_LOAD mapping) are compared with the bytes of the boot dump at the
+same address. Without --patched, VMLINUX itself is compared: that lists every site
 boot changed. --describe prints, per op, the distinct things the booted kernel holds at the
 sites, disassembled: the ground truth a patcher must reproduce.
 
@@ -11,7 +12,8 @@ sites, disassembled: the ground truth a patcher must reproduce.
 
 D is a .text image starting at the .text link address (boot.py writes them); its metadata,
 D with .text.bin replaced by .json, is read when present (pages the dump lacks, how obtained).
-Exit status: 0 every site matches, 1 some site differs or is not in the dump, 2 bad input.
+Exit status: 0 every site (pv and static-call) matches, 1 some site differs or is not in the
+dump, 2 bad input.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import argparse
 import collections
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from boottest.common import PAGE, BootError, read_text, text_layout, text_sites  # noqa: I001
+from boottest.common import (PAGE, BootError, read_text, text_layout, text_sites,  # noqa: I001
+                             text_static_calls)
 
 
 # -- disassembly -----------------------------------------------------------------------------
@@ -102,9 +106,31 @@ def patched_reader(path: Path | None, vmlinux: Path):
 # -- comparison ------------------------------------------------------------------------------
 
 
+@dataclass
+class Tally:
+    """Per op: sites, matches, differences, sites the dump lacks; the rows that differ; with
+    --describe, each distinct thing the booted kernel holds."""
+
+    counts: dict[str, collections.Counter] = field(
+        default_factory=lambda: collections.defaultdict(collections.Counter))
+    mismatches: list[dict] = field(default_factory=list)
+    patterns: dict[str, dict[str, dict]] = field(
+        default_factory=lambda: collections.defaultdict(dict))
+
+    def counts_dict(self) -> dict:
+        return {op: {k: c[k] for k in COLUMNS} for op, c in sorted(self.counts.items())}
+
+    def total(self) -> dict:
+        return {k: sum(c[k] for c in self.counts.values()) for k in COLUMNS}
+
+
+COLUMNS = ("sites", "match", "differ", "no_data")
+
+
 def compare(vmlinux: Path, dump_path: Path, patched: Path | None, describe: bool) -> dict:
     text = text_layout(vmlinux)
     sites = text_sites(vmlinux)
+    statics = text_static_calls(vmlinux)
     dump, missing, meta = load_dump(dump_path, text.vaddr, text.size)
     orig = read_text(vmlinux)
     im, read = patched_reader(patched, vmlinux)
@@ -113,58 +139,92 @@ def compare(vmlinux: Path, dump_path: Path, patched: Path | None, describe: bool
         if psec is None or psec.addr != text.vaddr or psec.size != text.size:
             raise BootError(f"{patched}: its .text is not the vmlinux's (another kernel?)")
         render = Renderer(im.symbols)
-        counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        mismatches = []
-        patterns: dict[str, dict[str, dict]] = collections.defaultdict(dict)
-        for s in sites:
-            addr, n, op = s["addr"], s["length"], s["op"]
-            off = addr - text.vaddr
-            c = counts[op]
-            c["sites"] += 1
-            if off // PAGE in missing or (off + n - 1) // PAGE in missing:
-                c["no_data"] += 1
-                mismatches.append(_row(s, None, read(addr, n), render, "not in the dump"))
-                continue
-            want = dump[off:off + n]
-            got = read(addr, n)
-            if got == want:
-                c["match"] += 1
-            else:
-                c["differ"] += 1
-                mismatches.append(_row(s, want, got, render, ""))
-            if describe:
-                key = render.pattern(want, addr) + " | " + render.text(want, addr)
-                p = patterns[op].setdefault(key, {
-                    "count": 0, "text": render.text(want, addr),
-                    "pattern": render.pattern(want, addr), "example": hex(addr),
-                    "example_function": s.get("function", ""), "unchanged_by_boot": 0})
-                p["count"] += 1
-                p["unchanged_by_boot"] += want == orig[off:off + n]
+        view = DumpView(text.vaddr, dump, missing, orig, read, render, describe)
+        pv, sc = view.tally(sites), view.tally(statics)
         outside = None
         if patched is not None:
-            outside = _changed_outside_sites(orig, bytes(im.section_data(psec)), sites, text)
+            outside = _changed_outside_sites(orig, bytes(im.section_data(psec)),
+                                             sites + statics, text)
         result = {
             "vmlinux": str(vmlinux), "dump": str(dump_path),
             "patched": str(patched) if patched else None,
             "dump_info": {k: meta[k] for k in ("release", "mode", "how", "date", "boot_seconds",
                                                "cpu", "kernel_cmdline", "xen_cmdline")
                           if k in meta},
-            "counts": {op: {k: c[k] for k in ("sites", "match", "differ", "no_data")}
-                       for op, c in sorted(counts.items())},
-            "total": {k: sum(c[k] for c in counts.values())
-                      for k in ("sites", "match", "differ", "no_data")},
-            "mismatches": mismatches,
+            "counts": pv.counts_dict(),
+            "total": pv.total(),
+            "mismatches": pv.mismatches,
+            "static_calls": {"counts": sc.counts_dict(), "total": sc.total(),
+                             "sites": _kind_total(sc, "static_call."),
+                             "trampolines": _kind_total(sc, "static_call_trampoline."),
+                             "mismatches": sc.mismatches},
             "patched_changes_outside_sites": outside,
         }
         if describe:
             result["patterns"] = {op: sorted(ps.values(), key=lambda p: -p["count"])
-                                  for op, ps in sorted(patterns.items())}
+                                  for op, ps in sorted({**pv.patterns, **sc.patterns}.items())}
             if "changes" in meta:
                 result["boot_changes"] = {k: v for k, v in meta["changes"].items()
                                           if k != "unexplained_runs"}
         return result
     finally:
         im.close()
+
+
+def _kind_total(t: Tally, prefix: str) -> dict:
+    return {k: sum(c[k] for op, c in t.counts.items() if op.startswith(prefix))
+            for k in COLUMNS}
+
+
+@dataclass
+class DumpView:
+    """The dump, the vmlinux and the patched image, read at the same addresses."""
+
+    vaddr: int
+    dump: bytes
+    missing: set[int]
+    orig: bytes
+    read: object
+    render: Renderer
+    describe: bool
+
+    def tally(self, spans: list[dict]) -> Tally:
+        t = Tally()
+        for s in spans:
+            self._one(t, s)
+        return t
+
+    def _one(self, t: Tally, s: dict) -> None:
+        addr, n, op = s["addr"], s["length"], s["op"]
+        off = addr - self.vaddr
+        c = t.counts[op]
+        c["sites"] += 1
+        if off // PAGE in self.missing or (off + n - 1) // PAGE in self.missing:
+            c["no_data"] += 1
+            t.mismatches.append(_row(s, None, self.read(addr, n), self.render,
+                                     "not in the dump"))
+            return
+        want = self.dump[off:off + n]
+        got = self.read(addr, n)
+        if got == want:
+            c["match"] += 1
+        else:
+            c["differ"] += 1
+            t.mismatches.append(_row(s, want, got, self.render, ""))
+        if self.describe:
+            self._pattern(t, s, want)
+
+    def _pattern(self, t: Tally, s: dict, want: bytes) -> None:
+        addr, n, op = s["addr"], s["length"], s["op"]
+        off = addr - self.vaddr
+        r = self.render
+        key = r.pattern(want, addr) + " | " + r.text(want, addr)
+        p = t.patterns[op].setdefault(key, {
+            "count": 0, "text": r.text(want, addr), "pattern": r.pattern(want, addr),
+            "example": hex(addr), "example_function": s.get("function", ""),
+            "unchanged_by_boot": 0})
+        p["count"] += 1
+        p["unchanged_by_boot"] += want == self.orig[off:off + n]
 
 
 def _row(s: dict, want: bytes | None, got: bytes | None, render: Renderer, note: str) -> dict:
@@ -208,10 +268,11 @@ def print_report(r: dict, max_list: int) -> None:
         print(f"{op:<{w}}  {c['sites']:>6} {c['match']:>6} {c['differ']:>6} {c['no_data']:>7}")
     t = r["total"]
     print(f"{'total':<{w}}  {t['sites']:>6} {t['match']:>6} {t['differ']:>6} {t['no_data']:>7}")
+    print_static_calls(r["static_calls"])
     if r["patched_changes_outside_sites"]:
         print(f"\nnote: the patched .text differs from the vmlinux at "
               f"{r['patched_changes_outside_sites']} bytes outside the pv sites")
-    mm = r["mismatches"]
+    mm = r["mismatches"] + r["static_calls"]["mismatches"]
     if mm:
         shown = mm if not max_list else mm[:max_list]
         print(f"\n{len(mm)} site(s) differ" + (f" (first {len(shown)})" if len(shown) < len(mm)
@@ -225,6 +286,21 @@ def print_report(r: dict, max_list: int) -> None:
             print(f"    patched: {m['got'] or '-':<16} {m['got_text'] or ''}")
     if "patterns" in r:
         print_patterns(r)
+
+
+def print_static_calls(sc: dict) -> None:
+    """The pv static calls' table: sites and trampolines per key."""
+    if not sc["counts"]:
+        print("\nstatic calls: no pv static-call site or trampoline in .text")
+        return
+    w = max(len(op) for op in sc["counts"])
+    print(f"\n{'pv static call':<{w}}  {'sites':>6} {'match':>6} {'differ':>6} {'no-data':>7}")
+    for op, c in sc["counts"].items():
+        print(f"{op:<{w}}  {c['sites']:>6} {c['match']:>6} {c['differ']:>6} {c['no_data']:>7}")
+    for label in ("sites", "trampolines"):
+        t = sc[label]
+        print(f"{'total ' + label:<{w}}  {t['sites']:>6} {t['match']:>6} {t['differ']:>6} "
+              f"{t['no_data']:>7}")
 
 
 def print_patterns(r: dict) -> None:
@@ -285,8 +361,8 @@ def main() -> int:
         print(json.dumps(r, indent=1))
     else:
         print_report(r, a.max_list)
-    t = r["total"]
-    return 0 if t["match"] == t["sites"] else 1
+    t, sc = r["total"], r["static_calls"]["total"]
+    return 0 if t["match"] == t["sites"] and sc["match"] == sc["sites"] else 1
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Where in ``.text`` the kernel may rewrite itself at boot, from its own patch tables.
 
 Each byte of ``.text`` gets a bit per table naming it: the pv sites (``.parainstructions``, via
-``pvpatch inspect``), alternatives, jump labels, ftrace's mcount locations, static calls (sites
-and trampolines), retpoline and return-thunk sites, SMP lock prefixes, sealed ENDBRs. A byte
-that boot changed but no table names is *unexplained*; a located page should have almost none.
+``pvpatch inspect``), the pv static-call sites and trampolines (its ``static_calls``: a kind of
+their own, counted before the generic static-call tables), alternatives, jump labels, ftrace's
+mcount locations, static calls (sites and trampolines), retpoline and return-thunk sites, SMP
+lock prefixes, sealed ENDBRs. A byte that boot changed but no table names is *unexplained*; a
+located page should have almost none.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ TABLES = (
     ("smp_lock", "__smp_locks", "__smp_locks_end", 4, "rel32", 1),
     ("endbr_seal", "__ibt_endbr_seal", "__ibt_endbr_seal_end", 4, "rel32", 4),
 )
-KINDS = ("pv", "alternative", *(t[0] for t in TABLES), "static_call_tramp")
+KINDS = ("pv", "pv_static_call", "alternative", *(t[0] for t in TABLES), "static_call_tramp")
 BIT = {k: 1 << i for i, k in enumerate(KINDS)}
 # arch_static_call_transform's check: a trampoline's 5-byte jmp/ret is followed by ud1 %esp,%ecx
 TRAMP_SIGNATURE = b"\x0f\xb9\xcc"
@@ -48,7 +50,8 @@ class PatchMask:
         return self.flat.find(1, start, end) < 0
 
 
-def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict]) -> PatchMask:
+def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict],
+               pv_static_calls: list[dict] = ()) -> PatchMask:
     from pvpatch.image.elf import ElfImage
 
     bits = array("H", bytes(2 * text.size))
@@ -70,6 +73,8 @@ def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict]) -> PatchMask:
 
     for s in pv_sites:
         mark("pv", s["addr"], s["length"])
+    for s in pv_static_calls:
+        mark("pv_static_call", s["addr"], s["length"])
     with ElfImage(vmlinux) as im:
         try:
             from pvpatch.kernel.alternatives import read_alternatives

@@ -4,8 +4,9 @@
 For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs) and the cloud
 kernel (native): fetch it, boot it under QEMU and dump its patched .text (boot.py; cached per
 kernel release, --refresh reboots), write ``pvpatch apply VMLINUX -o OUT --backend B
-[--vcpus N]`` and compare every .text pv site (compare.py). Prints a table; exits 1 if any
-site differs or a step failed. If ``pvpatch apply`` is unavailable, the dumps are still made
+[--vcpus N]`` and compare every .text pv site, pv static-call site and pv trampoline
+(compare.py). Prints a table (static calls as matched/total sites, then trampolines); exits 1
+if any site differs or a step failed. If ``pvpatch apply`` is unavailable, the dumps are still made
 and the comparison is skipped, loudly.
 
     scripts/boottest/run.py [--refresh] [--only amd64:xen2] [--describe] [--keep-patched]
@@ -127,14 +128,16 @@ def main() -> int:
                     out.unlink(missing_ok=True)
             write_json(kernel.boot_dir / f"compare-{mode}.json", res)
             row.update(res["total"])
-            t = res["total"]
-            row["result"] = "ok" if t["match"] == t["sites"] else "DIFFERS"
-            if t["match"] != t["sites"]:
+            t, sc = res["total"], res["static_calls"]
+            row["static"] = (f"{sc['sites']['match']}/{sc['sites']['sites']} "
+                             f"{sc['trampolines']['match']}/{sc['trampolines']['sites']}")
+            same = t["match"] == t["sites"] and sc["total"]["match"] == sc["total"]["sites"]
+            row["result"] = "ok" if same else "DIFFERS"
+            if not same:
                 print(f"\n== {kernel.release} {mode}: sites that differ "
                       f"(full list: {kernel.boot_dir / f'compare-{mode}.json'})")
-                cmp.print_report({**res, "counts": {op: c for op, c in res["counts"].items()
-                                                    if c["match"] != c["sites"]}},
-                                 a.max_list)
+                differing = {op: c for op, c in res["counts"].items() if c["match"] != c["sites"]}
+                cmp.print_report({**res, "counts": differing}, a.max_list)
         except BootError as e:
             row["result"] = "FAILED: " + str(e).splitlines()[0][:60]
             say(f"{flavour} {mode}: {e}")
@@ -143,12 +146,12 @@ def main() -> int:
         cmp.print_side_by_side(release, results)
     print()
     print(f"{'kernel':<22} {'boot':<7} {'boot s':>6} {'sites':>6} {'match':>6} {'differ':>6} "
-          f"{'no-data':>7}  result")
+          f"{'no-data':>7}  {'static calls':<13} result")
     for r in rows:
         boot_s = f"{r['boot_s']:.1f}" if r["boot_s"] is not None else "-"
         print(f"{r['release']:<22} {r['mode']:<7} {boot_s:>6} {r.get('sites', '-'):>6} "
               f"{r.get('match', '-'):>6} {r.get('differ', '-'):>6} {r.get('no_data', '-'):>7}"
-              f"  {r['result']}")
+              f"  {r.get('static', '-'):<13} {r['result']}")
     if not can_apply:
         print("\npvpatch apply is not available: nothing was compared (dumps are cached).")
     failed = [r for r in rows if r["result"] not in ("ok", "dump ok; apply skipped")]

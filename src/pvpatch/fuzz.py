@@ -198,6 +198,7 @@ MUTATORS: dict[str, Mutator] = {
     "note-header": note_header,
     "parainstructions": _in_section(b".parainstructions", 8, (0, 4, 5, 6, 8, 9, 10)),
     "altinstructions": _in_section(b".altinstructions", 12, (0, 4, 8, 10, 11)),
+    "static_call_sites": _in_section(b".static_call_sites", 8, (0, 4)),
     "btf": btf,
     "bytes": flip_bytes,
     "truncate": truncate,

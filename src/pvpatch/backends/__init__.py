@@ -1,8 +1,11 @@
-"""Backends: what each pv_ops slot holds, and which pv CPU features are set, when patching runs.
+"""Backends: what each pv_ops slot and pv static call holds, and which pv CPU features are set,
+when patching runs.
 
 A backend resolves every slot to a target with the reason it holds that value, read from the
 image itself (initialisers, Xen's op tables) plus the start-up rules of the kernel range in
-``pvpatch.backends.xen_rules``. Nothing here knows about bytes or sites.
+``pvpatch.backends.xen_rules``; likewise every pv static-call key (``static_calls``: key name →
+the function its last ``static_call_update()`` left, or its initialiser). Nothing here knows
+about bytes or sites.
 """
 
 from __future__ import annotations
@@ -18,6 +21,15 @@ from pvpatch.kernel.startup import StartupResult
 class Resolution:
     slot: Slot
     value: int | None  # None: could not be determined
+    name: str | None  # symbol at value, "NULL", or None
+    reason: str
+
+
+@dataclass(frozen=True)
+class CallTarget:
+    """What a pv static-call key holds once start-up is done (Resolution's shape, no slot)."""
+
+    value: int | None  # None: could not be determined; 0: NULL (DEFINE_STATIC_CALL_NULL)
     name: str | None  # symbol at value, "NULL", or None
     reason: str
 
@@ -65,6 +77,9 @@ class Backend:
     placement: bool = False  # Xen: vcpu_info placement worked (xen_patch's condition)
     notes: list[str] = field(default_factory=list)  # warnings and facts for every report
     startup: StartupResult | None = None  # read from the image's start-up code, when it was
+    # pv static-call key name (``pv_steal_clock``, no ``__SCK__``) → its final function; a key
+    # the image has but the backend leaves out is planned as unresolved, never guessed.
+    static_calls: dict[str, CallTarget] = field(default_factory=dict)
 
     def resolution(self, slot_index: int) -> Resolution | None:
         return self.slots.get(slot_index)
@@ -81,6 +96,12 @@ def initial_resolutions(model: KernelModel, reason: str) -> dict[int, Resolution
         value, name = model.pvops.initial_target(slot)
         out[i] = Resolution(slot, value, name, reason)
     return out
+
+
+def initial_static_calls(model: KernelModel, reason: str) -> dict[str, CallTarget]:
+    """Every pv static-call key as its DEFINE_STATIC_CALL initialiser leaves it."""
+    return {name: CallTarget(key.func, key.func_name, reason)
+            for name, key in model.static_calls.keys.items()}
 
 
 def decide_pv_features(model: KernelModel, backend: Backend, xenpv: bool) -> None:

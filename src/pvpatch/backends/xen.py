@@ -8,7 +8,14 @@ read from the image. Before 5.13 the rules also say which patcher the guest inst
 
 from __future__ import annotations
 
-from pvpatch.backends import Backend, Resolution, decide_pv_features, initial_resolutions
+from pvpatch.backends import (
+    Backend,
+    CallTarget,
+    Resolution,
+    decide_pv_features,
+    initial_resolutions,
+    initial_static_calls,
+)
 from pvpatch.backends.xen_rules import (
     XEN_STARTUP,
     Assign,
@@ -26,10 +33,6 @@ from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
 from pvpatch.kernel.startup import Region, StartupResult, run_startup
 from pvpatch.kernel.stores import StoreReader
-
-# The static calls Xen's start-up code retargets (the keys are watched like the pv tables).
-XEN_STATIC_CALLS = ("xen_hypercall", "pv_steal_clock", "pv_sched_clock",
-                    "queued_spin_lock_slowpath", "queued_spin_unlock")
 
 KNOWN_PATCHERS = ("xen_patch", "paravirt_patch_default", "native_patch")
 
@@ -208,7 +211,7 @@ def _apply_unknown(model: KernelModel, slots: dict[int, Resolution], rules: XenR
 
 def _regions(model: KernelModel) -> list[Region]:
     """The pv-op tables and the Xen-retargeted static-call keys, as watched memory."""
-    pvops, syms = model.pvops, model.image.symbols
+    pvops = model.pvops
     out = []
     if pvops.base is not None:
         size = pvops.layout.size if pvops.layout is not None else \
@@ -217,10 +220,8 @@ def _regions(model: KernelModel) -> list[Region]:
         out.append(Region("pv_ops", pvops.base, size))
     for name, address, size, _layout in pvops.extra_tables:
         out.append(Region(name, address, size))
-    for key in XEN_STATIC_CALLS:
-        sym = syms.get(f"__SCK__{key}")
-        if sym is not None:
-            out.append(Region(f"__SCK__{key}", sym.value, model.image.ptr_size, True))
+    for key in model.static_calls.keys.values():
+        out.append(Region(f"__SCK__{key.name}", key.address, model.image.ptr_size, True))
     return out
 
 
@@ -258,13 +259,26 @@ def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | N
     ran = ", ".join(result.ran)
     desc = (f"Xen PV guest with {vcpus} vCPU(s); start-up code read from the image "
             f"({ran}); steps {XEN_STARTUP.versions}")
-    backend = Backend("xen", desc, out, startup=result)
+    backend = Backend("xen", desc, out, startup=result,
+                      static_calls=_static_calls(model, result))
     backend.notes += [f"{f} {why}" for f, why in result.skipped if why.startswith("does not")]
     backend.notes += result.problems
     _newer_than_read(model, version, backend, result)
     _legacy_patcher(model, backend)
     decide_pv_features(model, backend, xenpv=True)
     return backend
+
+
+def _static_calls(model: KernelModel, result: StartupResult) -> dict[str, CallTarget]:
+    """Each pv static-call key as the start-up code leaves it (the initialiser otherwise)."""
+    out = initial_static_calls(model, "DEFINE_STATIC_CALL initialiser (untouched by Xen)")
+    changed = {name: o for name, key in model.static_calls.keys.items()
+               if (o := result.value(key.address)) is not None and o.step is not None}
+    names = describe_targets(model.image, [o.value for o in changed.values()])
+    for (name, origin), target in zip(changed.items(), names, strict=True):
+        out[name] = CallTarget(origin.value, target, f"set by {origin.how}" if origin.value
+                               is not None else f"{origin.how}: not established")
+    return out
 
 
 def _newer_than_read(model: KernelModel, version: tuple[int, int, int] | None,

@@ -50,7 +50,7 @@ class Finding:
         return replace(self, status=KNOWN)
 
 
-FAMILIES = ("site", "slot", "fit", "clobber", "alt", "xen")
+FAMILIES = ("site", "slot", "fit", "clobber", "alt", "static_call", "xen")
 XEN_BUILDER_PREFIX = "xen.builder."
 
 _TABLE: tuple[tuple[str, str, bool, str], ...] = (
@@ -88,6 +88,17 @@ _TABLE: tuple[tuple[str, str, bool, str], ...] = (
     ("alt.undecidable", WARNING, True,
      "an alternative on the site tests a CPU feature the backend does not decide, so the "
      "site's final bytes depend on the CPU"),
+    ("static_call.bad-site", ERROR, False,
+     "a pv static-call record points at bytes that are not a call (or, for a tail call, a "
+     "jmp/Jcc) of its key's trampoline: __static_call_validate() BUG()s at boot"),
+    ("static_call.unknown-key", ERROR, False,
+     "a .static_call_sites record names a key that is no __SCK__ static_call_key symbol"),
+    ("static_call.trampoline", ERROR, False,
+     "a pv static call's key or trampoline is missing, unreadable, or not a jmp.d32/ret "
+     "trampoline (with the ud1 signature 6.1+ checks)"),
+    ("static_call.unresolved", WARNING, True,
+     "pvpatch cannot tell what a pv static-call key holds for this backend, so its sites "
+     "and trampoline are not modelled"),
     ("xen.dom0-undeclared", ERROR, False,
      "the image has dom0 support code but its notes do not declare dom0 in "
      "SUPPORTED_FEATURES: Xen refuses to start it as dom0"),

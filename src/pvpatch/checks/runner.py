@@ -1,7 +1,8 @@
 """Run every check family on one image for the chosen backends, in a fixed order.
 
-The order is the report's order: image-level site and alternative checks, then per backend
-the slot, fit, clobber and alternative-feature checks, then the Xen notes. Each (family,
+The order is the report's order: image-level site, alternative and static-call checks, then
+per backend the slot, fit, clobber, alternative-feature and static-call checks, then the Xen
+notes. Each (family,
 backend) pair is a *suite*, which the JUnit renderer turns into one testsuite.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pvpatch.backends import BACKENDS, Backend, load_backend
-from pvpatch.checks import alternatives, clobbers, fit, sites, slots
+from pvpatch.checks import alternatives, clobbers, fit, sites, slots, static_calls
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding, load_registry
 from pvpatch.errors import UsageError
@@ -23,7 +24,7 @@ from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_table, plan
 PerBackend = Callable[[Context, BackendRun], list[Finding]]
 PER_BACKEND: tuple[tuple[str, PerBackend], ...] = (
     ("slot", slots.check_slots), ("fit", fit.check_fit), ("clobber", clobbers.check_clobbers),
-    ("alt", alternatives.check_features))
+    ("alt", alternatives.check_features), ("static_call", static_calls.check_backend))
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     jobs[0].insert(0, (0, lambda: _image_part(ctx)))
     if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to the backend
         jobs[0].append((1 + len(names), lambda: _xen_part(model)))
-    _ = model.sites  # what every job reads, built once before the workers fork
+    _ = model.sites, model.static_calls  # what every job reads, built once before the fork
     model.image.symbols.index_code()
     for part in _run_jobs(jobs):
         run.suites += part.suites
@@ -150,10 +151,13 @@ def _unusable(model: KernelModel, name: str) -> str | None:
 
 def _image_part(ctx: Context) -> Part:
     """Facts of the image itself: reported once, whatever the backends."""
-    findings = sites.check_sites(ctx) + alternatives.check_alignment(ctx)
-    return Part([Suite("site", None, False), Suite("alt", None, False)], findings,
+    findings = sites.check_sites(ctx) + alternatives.check_alignment(ctx) + \
+        static_calls.check_image(ctx)
+    return Part([Suite("site", None, False), Suite("alt", None, False),
+                 Suite("static_call", None, False)], findings,
                 {"sites": len(ctx.model.sites.sites),
-                 "pv_alternatives": len(ctx.pv_alternatives)})
+                 "pv_alternatives": len(ctx.pv_alternatives),
+                 "static_call_sites": len(ctx.model.static_calls.sites)})
 
 
 def _backend_part(ctx: Context, backend: Backend) -> Part:

@@ -17,7 +17,7 @@ from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
 from pvpatch.patch.plan import nop_table, plan
 from pvpatch.patch.writer import PatchedCopy, file_pokes
-from pvpatch.render.apply import plan_dict, render_sites, render_summary
+from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 
 
 @click.command()
@@ -35,7 +35,7 @@ from pvpatch.render.apply import plan_dict, render_sites, render_summary
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report (docs/apply.md).")
 @click.option("--check", is_flag=True,
               help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
-                   "violation, replacement too long).")
+                   "violation, replacement too long, a static-call record the kernel refuses).")
 @image_options()
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
@@ -44,7 +44,10 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
 
     Each indirect `call *pv_ops+N(%rip)` becomes what the running kernel holds after
     apply_paravirt() and apply_alternatives(): a direct call, NOPs, the native inline
-    instruction, or a call to the BUG function. Only site bytes change; the result is
+    instruction, or a call to the BUG function. The pv static calls (pv_steal_clock,
+    pv_sched_clock, xen_hypercall, 7.3's spinlock hooks) get what static_call_init() and the
+    backend's updates write: each site a direct call (or jmp, or inline code), each
+    trampoline retargeted where the key changed. Only those bytes change; the result is
     verified and renamed into place, and the input is never modified (unless --in-place).
 
     \b
@@ -86,7 +89,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             # the input is validated: only now may an earlier output at -o be replaced
             copy = None if elf is None else stack.enter_context(
                 PatchedCopy(vmlinux, elf, data=data))
-            changes = [(x.site.address, x.after) for x in p.patches if x.changed]
+            changes = p.changes()
             pokes = file_pokes(model.image, changes)
             bits = model.image.bits
             report = None
@@ -109,11 +112,11 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             head.append(f"  input     {boot.describe()}"
                         + ("" if dry_run else "; written: the patched vmlinux ELF, "
                                               "not a bzImage"))
-        head.append(f"  sites     {len(p.patches)}, {len(changes)} changed"
+        head.append(f"  sites     {len(p.patches)}, {sum(x.changed for x in p.patches)} changed"
                     + (" (dry run: nothing written)" if dry_run else ""))
         click.echo(render_summary(p, head))
         if list_sites:
             click.echo("")
-            click.echo(render_sites(p.patches, bits))
-    if check and any(x.problems for x in p.patches):
+            click.echo(render_all_sites(p, bits))
+    if check and any(x.problems for x in [*p.patches, *p.static_calls]):
         sys.exit(1)

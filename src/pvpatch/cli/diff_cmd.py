@@ -9,12 +9,21 @@ import click
 
 from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.errors import InputError
+from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import site_bytes
-from pvpatch.patch.observe import observe
+from pvpatch.kernel.static_calls import StaticCallSite
+from pvpatch.patch.observe import observe, observe_static_site, observe_trampoline
 from pvpatch.patch.plan import OUTCOMES
+from pvpatch.patch.static_calls import StaticCallPatch
 from pvpatch.render.apply import patch_dict, per_op, render_ops, render_sites
+from pvpatch.render.static_calls import (
+    plan_section,
+    render_plan_keys,
+    render_plan_lines,
+    render_plan_sites,
+)
 
 
 @click.command()
@@ -28,7 +37,8 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
          btf: str | None, as_json: bool) -> None:
     """Show what PATCHED holds at every paravirt site of ORIGINAL, classified.
 
-    ORIGINAL is the unpatched vmlinux (its .parainstructions name the sites); PATCHED is any
+    ORIGINAL is the unpatched vmlinux (its .parainstructions name the sites, its
+    .static_call_sites and __SCT__ symbols the pv static calls); PATCHED is any
     image of the same kernel: a `pvpatch apply` output, or one patched by another tool.
     Either may be a bzImage (/boot/vmlinuz-*); --system-map and --btf are for ORIGINAL.
 
@@ -52,6 +62,7 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
                 raise InputError(f"has no bytes at site {s.address:#x}: not the same kernel?",
                                  patched)
             patches.append(observe(model.image, s, before, after))
+        statics = _observe_static_calls(model, other, patched)
         bits = model.image.bits
     counts = Counter(p.outcome for p in patches)
     if as_json:
@@ -59,14 +70,42 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
             "schema": "pvpatch.diff/1", "original": original, "patched": patched,
             "counts": dict(counts), "changed_sites": sum(p.changed for p in patches),
             "ops": {op: dict(c) for op, c in sorted(per_op(patches).items())},
-            "sites": [patch_dict(p, bits) for p in patches]}))
+            "sites": [patch_dict(p, bits) for p in patches],
+            "static_calls": plan_section(statics, bits, [])}))
         return
     click.echo(f"{original} → {patched}")
     click.echo(f"  sites     {len(patches)}, {sum(p.changed for p in patches)} differ")
     click.echo("  outcomes  " + ", ".join(f"{k} {counts[k]}" for k in OUTCOMES if counts[k]))
+    for line in render_plan_lines(statics, []):
+        click.echo(line)
     click.echo("")
     click.echo(render_ops(patches))
+    if statics:
+        click.echo("")
+        click.echo(render_plan_keys(statics))
     if list_sites:
         shown = [p for p in patches if p.changed] if changed else patches
         click.echo("")
         click.echo(render_sites(shown, bits))
+        shown_static = [p for p in statics if p.changed] if changed else statics
+        if shown_static:
+            click.echo("")
+            click.echo(render_plan_sites(shown_static, bits))
+
+
+def _observe_static_calls(model: KernelModel, other: ElfImage, patched: str
+                          ) -> list[StaticCallPatch]:
+    """What PATCHED holds at each pv static-call site and trampoline of ORIGINAL."""
+    out = []
+    table = model.static_calls
+    spans = [(s.address, s.length, s) for s in table.sites] + \
+        [(k.tramp, 5, k) for k in table.keys.values() if k.tramp is not None and k.tramp_code]
+    for address, length, what in spans:
+        after = other.try_read(address, length)
+        if after is None:
+            raise InputError(f"has no bytes at static call {address:#x}: not the same kernel?",
+                             patched)
+        observe_one = observe_static_site if isinstance(what, StaticCallSite) else \
+            observe_trampoline
+        out.append(observe_one(model.image, what, after))
+    return out

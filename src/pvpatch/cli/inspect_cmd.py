@@ -12,7 +12,8 @@ from pvpatch.cli.common import image_options, keep_until_exit, say_progress
 from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
-from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
+from pvpatch.kernel.static_calls import StaticCallSite
+from pvpatch.render.inspect import inspect_dict, render_all_sites, render_summary
 from pvpatch.types.loader import describe_types
 
 
@@ -43,7 +44,9 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
 
     The summary gives the kernel version, the .parainstructions record layout and how it was
     detected, the number of sites per section, and one row per op: how many sites call it and
-    which function the image's own pv_ops initialiser holds for it.
+    which function the image's own pv_ops initialiser holds for it. The pv static calls
+    (pv_steal_clock, pv_sched_clock, xen_hypercall, 7.3's spinlock hooks) follow as sites of
+    their own kind: one row per key with its sites and trampoline; --op also takes their names.
 
     \b
     Examples:
@@ -59,19 +62,21 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
                           progress=say_progress()) as model:
         keep_until_exit(model)
         sites = select(model.sites.sites, ops, functions)
+        static_sites = select_static(model.static_calls.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
-            doc = inspect_dict(model, sites, be, with_sites=list_sites)
+            doc = inspect_dict(model, sites, be, with_sites=list_sites,
+                               static_sites=static_sites)
             doc["input"] = describe_input(model.image)
             doc["input"]["types"] = model_types(model, btf)
             click.echo(json.dumps(doc))
             return
-        head, _, rest = render_summary(model, sites, be).partition("\n")
+        head, _, rest = render_summary(model, sites, be, static_sites).partition("\n")
         click.echo("\n".join([head, f"  input     {input_line(model.image)}",
                               f"  types     {model_types(model, btf)}", rest]))
         if list_sites:
             click.echo("")
-            click.echo(render_sites(model, sites))
+            click.echo(render_all_sites(model, sites, static_sites, be))
 
 
 def model_types(model: KernelModel, btf: str | None) -> str:
@@ -83,6 +88,19 @@ def model_types(model: KernelModel, btf: str | None) -> str:
 def select(sites: list[Site], ops: tuple[str, ...], functions: tuple[str, ...]) -> list[Site]:
     def wanted(s: Site) -> bool:  # s.function costs a symbol index: only ask when filtering
         return (not ops or any(fnmatch.fnmatchcase(s.op, g) for g in ops)) and \
+            (not functions or any(fnmatch.fnmatchcase(s.function.split("+", 1)[0], g)
+                                  for g in functions))
+
+    return [s for s in sites if wanted(s)]
+
+
+def select_static(sites: list[StaticCallSite], ops: tuple[str, ...],
+                  functions: tuple[str, ...]) -> list[StaticCallSite]:
+    """--op matches a static call by its name (``pv_steal_clock``) or as
+    ``static_call.pv_steal_clock``; --function as for pv sites."""
+    def wanted(s: StaticCallSite) -> bool:
+        return (not ops or any(fnmatch.fnmatchcase(s.key, g) or fnmatch.fnmatchcase(s.op, g)
+                               for g in ops)) and \
             (not functions or any(fnmatch.fnmatchcase(s.function.split("+", 1)[0], g)
                                   for g in functions))
 

@@ -377,6 +377,17 @@ class SymbolTable:
             self._named.update({a: found.get(a) for a in rest})  # misses too: scan once
         return hits | {a: n for a in addrs - hits.keys() if (n := self._named[a]) is not None}
 
+    def named_with_prefix(self, addrs: set[int], prefix: str) -> set[int]:
+        """The addresses among ``addrs`` where some defined symbol's name starts with
+        ``prefix`` (aliases included), in one pass: for tables whose entries must be told
+        apart by name, e.g. static-call keys (``__SCK__``)."""
+        c, needle, out = self._columns, prefix.encode("latin-1"), set()
+        for i in compress(range(len(c["value"])), map(addrs.__contains__, c["value"])):
+            if c["name"][i] and self._strtab.startswith(needle, c["name"][i]) and \
+                    self._defined(i):
+                out.add(c["value"][i])
+        return out
+
     def _scan_names(self, addrs: set[int]) -> dict[int, str]:
         c = self._columns
         best: dict[int, tuple[tuple[bool, bool, bool], int]] = {}

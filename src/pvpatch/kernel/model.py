@@ -1,7 +1,8 @@
 """Everything pvpatch knows about one kernel image, built in the order the facts depend on.
 
-image → version → types → pv_ops slots → sites. Commands ask for a :class:`KernelModel` and
-never assemble these pieces themselves.
+image → version → types → pv_ops slots → sites; beside them, from the image and version alone,
+the pv static calls. Commands ask for a :class:`KernelModel` and never assemble these pieces
+themselves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
 from pvpatch.kernel.pvops import PvOps, has_table_symbol
 from pvpatch.kernel.sites import RecordSet, SiteTable, read_records, read_sites
+from pvpatch.kernel.static_calls import StaticCallTable, read_static_calls
 from pvpatch.kernel.table_base import TableBase, derive_table_base
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
@@ -108,3 +110,9 @@ class KernelModel:
         return read_sites(self.image, self.records, self.pvops, self.clobber_bits,
                           None if self.records is not None else self.alternatives,
                           enum_types=enum_types)
+
+    @cached_property
+    def static_calls(self) -> StaticCallTable:
+        """The pv static calls (5.12+): keys, trampolines and ``.static_call_sites`` records;
+        empty for a kernel that has none."""
+        return read_static_calls(self.image, self.version)

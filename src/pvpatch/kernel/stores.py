@@ -221,7 +221,7 @@ class StoreReader:
         self.mask = (1 << image.bits) - 1
         self.read = memory or image.try_read
         self._cache: dict[tuple[int, int, int], Effects] = {}
-        self._summaries: dict[int, Effects | None] = {}
+        self._summaries: dict[tuple[int, int], Effects | None] = {}
         self._names: dict[int, str | None] = {}
 
     # public ----------------------------------------------------------------------------
@@ -319,7 +319,10 @@ class StoreReader:
         target = _direct_target(i, self.mask)
         inside = target is not None and lo <= target < hi
         if i.id == X.X86_INS_CALL:
-            noreturn = self.code_name(target) in _NORETURN
+            name = self.code_name(target)
+            if name in _PRESERVING:
+                return Op(**base, succ=(nxt,), kind="nop")
+            noreturn = name in _NORETURN
             event = ("call", target, False) if target is not None else None
             return Op(**base, succ=() if noreturn else (nxt,), kind="call", event=event)
         if i.id == X.X86_INS_JMP:
@@ -520,15 +523,15 @@ class StoreReader:
     def _summary(self, target: int, depth: int) -> Effects | None:
         """A small helper's effects with its arguments as symbols (None: too big, or not a
         function the symbols know)."""
-        if target in self._summaries:
-            return self._summaries[target]
+        if (target, depth) in self._summaries:  # by depth: a deeper one summarises less
+            return self._summaries[target, depth]
         hit = self.image.symbols.containing(target)
         result = None
         if hit is not None and hit[1] == 0 and 0 < hit[0].size <= SUMMARY_LIMIT * 15:
             sym = hit[0]
             if _small(self, sym.value, sym.size):
                 result = self.effects(sym.value, sym.size, sym.name, depth, args=True)
-        self._summaries[target] = result
+        self._summaries[target, depth] = result
         return result
 
 
@@ -583,6 +586,8 @@ _DECIMAL = re.compile(r"\$(\d{5,})")  # capstone prints big immediates in decima
 _XMM = frozenset(f"xmm{n}" for n in range(32))
 _REP_REGS = frozenset({"rcx", "rsi", "rdi", "ecx", "esi", "edi"})
 _ALL_REGS = frozenset(_reg_map())
+# the ftrace entry: its trampoline keeps every register, so a call to it changes nothing
+_PRESERVING = frozenset({"__fentry__", "mcount", "__mcount"})
 _NORETURN = frozenset({"__stack_chk_fail", "panic", "BUG_func", "do_exit", "make_task_dead",
                        "__ubsan_handle_builtin_unreachable", "xen_raw_printk_panic"})
 

@@ -1,7 +1,8 @@
 """Classify what a site holds in any image — the inverse of planning, for ``pvpatch diff``.
 
 Given the original site and the bytes another image (a pvpatch output, or a memory dump of a
-booted kernel laid out as an ELF) holds there, say which outcome class they are.
+booted kernel laid out as an ELF) holds there, say which outcome class they are. The pv
+static-call sites and trampolines are classified in the planner's own outcome names.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from pvpatch.disasm import decode
 from pvpatch.image.elf import ElfImage
 from pvpatch.kernel.sites import Site
+from pvpatch.kernel.static_calls import StaticCallKey, StaticCallSite, rel32_target
 from pvpatch.patch.plan import CALL, SitePatch
+from pvpatch.patch.static_calls import StaticCallPatch
 
 NOP_MNEMONICS = {"nop", "nopw", "nopl", "xchgw"}
 BUG_FUNCTIONS = ("paravirt_BUG", "BUG_func")
@@ -43,3 +46,41 @@ def observe(image: ElfImage, site: Site, before: bytes, after: bytes) -> SitePat
     else:
         sp.outcome = "inline-native"
     return sp
+
+
+def observe_static_site(image: ElfImage, site: StaticCallSite, after: bytes) -> StaticCallPatch:
+    before = site.code or b""
+    sp = StaticCallPatch("site", site.key, site.address, site.section, before, after,
+                         "unpatched", site=site, reason="observed")
+    if after != before:
+        _classify_static(image, sp)
+    return sp
+
+
+def observe_trampoline(image: ElfImage, key: StaticCallKey, after: bytes) -> StaticCallPatch:
+    before = key.tramp_code[:5] if key.tramp_code else b""
+    sp = StaticCallPatch("trampoline", key.name, key.tramp, None, before, after, "as-built",
+                         reason="observed")
+    if after != before:
+        _classify_static(image, sp)
+    return sp
+
+
+def _classify_static(image: ElfImage, sp: StaticCallPatch) -> None:
+    """A rel32 call/jmp/Jcc (its target named), ret, a NOP, or inline code."""
+    code = sp.after
+    opcode_len = {0xE8: 1, 0xE9: 1}.get(code[0], 2 if code[:1] == b"\x0f" and
+                                        len(code) >= 6 and code[1] & 0xF0 == 0x80 else 0)
+    if opcode_len:
+        sp.outcome = {0xE8: "direct-call", 0xE9: "direct-jmp"}.get(code[0], "direct-jcc")
+        sp.target = rel32_target(sp.address, code, opcode_len, image.bits)
+        sp.target_name = image.symbols.name_at(sp.target) or image.symbols.describe(sp.target)
+        return
+    insns = decode(code, sp.address, image.bits)
+    whole = insns and sum(i.size for i in insns) == len(code)
+    if code[0] == 0xC3:
+        sp.outcome = "ret"
+    elif whole and all(i.mnemonic in NOP_MNEMONICS for i in insns):
+        sp.outcome = "nop"
+    else:
+        sp.outcome = "inline"

@@ -11,6 +11,8 @@ Ported step by step from the kernel's boot sequence in ``alternative_instruction
    patched or not, ``optimize_nops`` over the entry's range.
 
 Each step is a small function that fills a buffer, in the manner of the kernel's own patcher.
+Beside the pv sites, every era's plan carries the pv static calls (``patch.static_calls``):
+their sites and trampolines as ``static_call_init()`` and the backend's updates leave them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pvpatch.kernel.sites import Site, site_bytes
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
 from pvpatch.patch.entries import decide, feature_text
 from pvpatch.patch.nops import NopTable, default_nops
+from pvpatch.patch.static_calls import StaticCallPatch, plan_static_calls
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 
@@ -69,10 +72,18 @@ class PatchPlan:
     notes: list[str] = field(default_factory=list)
     era: str = "G5"  # kernel.era key of the algorithm that planned it
     null_patch: str = ""  # what a NULL slot becomes; "" = `call <bug_function>`
+    static_calls: list[StaticCallPatch] = field(default_factory=list)  # sites, then trampolines
+    static_call_notes: list[str] = field(default_factory=list)
 
     @property
     def null_text(self) -> str:
         return self.null_patch or f"call {self.bug_function}"
+
+    def changes(self) -> list[tuple[int, bytes]]:
+        """(address, bytes) of every pv site and pv static-call site or trampoline that boot
+        changes: what a writer pokes."""
+        return [(p.site.address, p.after) for p in self.patches if p.changed] + \
+            [(p.address, p.after) for p in self.static_calls if p.changed]
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -
     """The single entry: dispatch to the planner of the image's era (kernel.era)."""
     out = _plan(model, backend, alts, nops)
     out.notes[:0] = backend.notes
+    out.static_calls, out.static_call_notes = plan_static_calls(model, backend, nops)
     b = model.builtin
     if b is not None and b.table is not None:
         out.notes.insert(0, f"op names from {b.described} (no BTF/DWARF in the image)")

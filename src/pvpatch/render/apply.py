@@ -1,4 +1,6 @@
-"""Describe a patch plan (or any before/after pair of site bytes): text tables and JSON."""
+"""Describe a patch plan (or any before/after pair of site bytes): text tables and JSON.
+
+The pv static calls ride along in their own keys and tables (``render.static_calls``)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,12 @@ from collections import Counter, defaultdict
 
 from pvpatch.disasm import decode, text_of
 from pvpatch.patch.plan import OUTCOMES, PatchPlan, SitePatch
+from pvpatch.render.static_calls import (
+    plan_section,
+    render_plan_keys,
+    render_plan_lines,
+    render_plan_sites,
+)
 from pvpatch.render.table import table
 
 SCHEMA = "pvpatch.apply/1"
@@ -72,6 +80,7 @@ def plan_dict(plan: PatchPlan, bits: int, extra: dict | None = None) -> dict:
         "ops": {op: dict(c) for op, c in sorted(per_op(plan.patches).items())},
         "problems": sum(len(p.problems) for p in plan.patches),
         "sites": [patch_dict(p, bits) for p in plan.patches],
+        "static_calls": plan_section(plan.static_calls, bits, plan.static_call_notes),
     }
 
 
@@ -88,8 +97,19 @@ def render_summary(plan: PatchPlan, header: list[str]) -> str:
                  f"{plan.alternatives_left} others left as built (CPU-dependent)")
     problems = sum(len(p.problems) for p in plan.patches)
     lines.append(f"  problems  {problems or 'none'}")
+    lines += render_plan_lines(plan.static_calls, plan.static_call_notes)
     lines += ["", render_ops(plan.patches)]
+    if plan.static_calls:
+        lines += ["", render_plan_keys(plan.static_calls)]
     return "\n".join(lines)
+
+
+def render_all_sites(plan: PatchPlan, bits: int) -> str:
+    """--sites: the pv sites, then the pv static-call sites and trampolines."""
+    out = render_sites(plan.patches, bits)
+    if plan.static_calls:
+        out += "\n\n" + render_plan_sites(plan.static_calls, bits)
+    return out
 
 
 def render_ops(patches: list[SitePatch]) -> str:

@@ -1,5 +1,8 @@
 """Describe a kernel model's pv sites: a dict for ``--json`` and tables for people.
 
+The pv static calls are a kind of site of their own, described by ``render.static_calls``
+beside the pv sites (``static_calls`` in JSON, their own lines and tables in text).
+
 The model holds numbers; this module turns them into words. The JSON schema is documented in
 ``docs/inspect.md`` and versioned by the ``schema`` key.
 """
@@ -12,6 +15,13 @@ from dataclasses import dataclass
 from pvpatch.backends import Backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
+from pvpatch.kernel.static_calls import StaticCallSite
+from pvpatch.render.static_calls import (
+    inspect_section,
+    render_inspect_keys,
+    render_inspect_lines,
+    render_inspect_sites,
+)
 from pvpatch.render.table import table
 
 SCHEMA = "pvpatch.inspect/1"
@@ -67,7 +77,9 @@ def backend_ops(backend: Backend) -> list[dict]:
 
 
 def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
-                 with_sites: bool = True) -> dict:
+                 with_sites: bool = True,
+                 static_sites: list[StaticCallSite] | None = None) -> dict:
+    """The whole report; ``static_sites`` are the pv static-call sites selected (all: None)."""
     table_ = model.sites
     v = model.version
     lay = table_.layout
@@ -103,6 +115,9 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
             "features": backend.feature_reasons, "ops": backend_ops(backend)},
         **({"sites": [site_dict(s, _clobber_names(model, s)) for s in sites]}
            if with_sites else {}),
+        "static_calls": inspect_section(
+            model.static_calls, model.static_calls.sites if static_sites is None
+            else static_sites, model.image.bits, backend, with_sites),
     }
 
 
@@ -118,8 +133,9 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
     return None if s.clobbers is None else model.clobber_bits.decode(s.clobbers)
 
 
-def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> str:
-    d = inspect_dict(model, sites, backend, with_sites=False)
+def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None,
+                   static_sites: list[StaticCallSite] | None = None) -> str:
+    d = inspect_dict(model, sites, backend, with_sites=False, static_sites=static_sites)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"
@@ -147,6 +163,7 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     shown = "" if d["selected"] == d["site_count"] else f" (of {d['site_count']})"
     lines.append(f"  sites     {d['selected']}{shown}: {per_sec or 'none'}")
     lines.append(f"  problems  {d['problems'] or 'none'}")
+    lines += render_inspect_lines(d["static_calls"])
     if backend is not None:
         lines.append(f"  backend   {backend.name}: {backend.description}")
         lines += [f"            {k}: {v}" for k, v in backend.feature_reasons.items()]
@@ -160,7 +177,18 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
                 for o in d["ops"]]
         lines.append("")
         lines.append(table(("op", "type", "sites", "native target"), rows, right=(1, 2)))
+    if d["static_calls"]["keys"]:
+        lines += ["", render_inspect_keys(d["static_calls"], backend)]
     return "\n".join(lines)
+
+
+def render_all_sites(model: KernelModel, sites: list[Site], static_sites: list[StaticCallSite],
+                     backend: Backend | None = None) -> str:
+    """--sites: the pv sites, then (a kind of their own) the pv static-call sites."""
+    parts = [render_sites(model, sites)] if sites or not static_sites else []
+    if static_sites:
+        parts.append(render_inspect_sites(static_sites, model.static_calls.keys, backend))
+    return "\n\n".join(parts)
 
 
 def render_sites(model: KernelModel, sites: list[Site]) -> str:
