@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pvpatch.backends import Backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
+from pvpatch.patch.boot_nops import NopChoice
+from pvpatch.render.nops import nops_dict, nops_line
 from pvpatch.render.table import table
 
 SCHEMA = "pvpatch.inspect/1"
@@ -67,7 +69,7 @@ def backend_ops(backend: Backend) -> list[dict]:
 
 
 def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
-                 with_sites: bool = True) -> dict:
+                 with_sites: bool = True, nops: NopChoice | None = None) -> dict:
     table_ = model.sites
     v = model.version
     lay = table_.layout
@@ -100,7 +102,8 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "problems": sum(len(s.problems) for s in sites),
         "backend": None if backend is None else {
             "name": backend.name, "description": backend.description,
-            "features": backend.feature_reasons, "ops": backend_ops(backend)},
+            "features": backend.feature_reasons, "ops": backend_ops(backend),
+            "nops": nops_dict(nops)},
         **({"sites": [site_dict(s, _clobber_names(model, s)) for s in sites]}
            if with_sites else {}),
     }
@@ -118,8 +121,9 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
     return None if s.clobbers is None else model.clobber_bits.decode(s.clobbers)
 
 
-def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> str:
-    d = inspect_dict(model, sites, backend, with_sites=False)
+def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None,
+                   nops: NopChoice | None = None) -> str:
+    d = inspect_dict(model, sites, backend, with_sites=False, nops=nops)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"
@@ -150,6 +154,7 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     if backend is not None:
         lines.append(f"  backend   {backend.name}: {backend.description}")
         lines += [f"            {k}: {v}" for k, v in backend.feature_reasons.items()]
+        lines += nops_line(nops)
         counts = Counter(s.type for s in sites)
         rows = [(o["op"], str(o["type"]), str(counts.get(o["type"], 0)), o["target"] or "?",
                  o["reason"]) for o in d["backend"]["ops"]]
