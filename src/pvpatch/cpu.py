@@ -65,7 +65,8 @@ class Cpu:
     def origin(self) -> str:
         """Where the CPU came from and what was assumed, for the end of a report line."""
         if self.is_default:
-            return "default: a current x86 CPU, P6 NOPs; --cpu or --cpuinfo for another"
+            return ("default: a current x86 CPU, taken as GenuineIntel family 6 model 0x9e; "
+                    "--cpu or --cpuinfo for another")
         return self.source + (f"; {self.assumed}" if self.assumed else "")
 
 

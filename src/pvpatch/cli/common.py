@@ -75,7 +75,7 @@ def cpu_options() -> Callable[[F], F]:
             "--cpu", "cpu_spec", metavar=CPU_SPEC,
             help="The boot CPU, for kernels up to 5.12 whose padding NOPs depend on it: "
                  "intel, amd, hygon, centaur or zhaoxin, family and model decimal or 0x-hex "
-                 "(amd:15:107 is QEMU's qemu64).  [default: a current x86 CPU, P6 "
-                 "NOPs]")(f)
+                 "(amd:15:107 is QEMU's qemu64).  [default: a current x86 CPU: P6 NOPs "
+                 "on x86-64 from 3.6]")(f)
 
     return decorate
