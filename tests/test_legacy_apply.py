@@ -10,7 +10,8 @@ are worked out by hand from each era's source, as the fact sheet (kernel-pv §4)
   paravirt_patch_call() with CLBR_ANY, refused when the site mask lacks a bit of it;
 - 4.18/4.19 arch/x86/kernel/paravirt_patch_{32,64}.c native_patch() + paravirt.c
   paravirt_patch_default() (ident_32/64, jmp for iret/usergs_sysret64); b13b271933ee (4.19)
-  removed the clobber check; add_nops() with ideal_nops = P6 on a current Intel CPU;
+  removed the clobber check; add_nops() with arch_init_ideal_nops()' choice for a current
+  Intel CPU: P6 on x86-64, the intel (GENERIC) table on i386, which never has NOPL;
 - 5.2/5.10 arch/x86/kernel/paravirt_patch.c (5.3+: BUG_ON when a replacement or call does
   not fit; ≤5.2 leaves the site) and paravirt.c paravirt_patch_default().
 """
@@ -28,8 +29,8 @@ from legacy_fixtures import legacy_kernel
 from pvpatch.image.elf import ElfImage
 from pvpatch.kernel.model import KernelModel
 
-INTEL = {0: "", 1: "90", 3: "8d7600", 4: "8d742600", 6: "8db600000000", 7: "8db42600000000",
-         8: "908db42600000000"}  # ≤5.12 intel (GENERIC) table, nops.h
+INTEL = {0: "", 1: "90", 2: "89f6", 3: "8d7600", 4: "8d742600", 5: "908d742600",
+         6: "8db600000000", 7: "8db42600000000", 8: "908db42600000000"}  # ≤5.12 GENERIC, nops.h
 P6 = {0: "", 1: "90", 2: "6690", 3: "0f1f00", 4: "0f1f4000", 5: "0f1f440000",
       6: "660f1f440000", 7: "0f1f8000000000"}
 
@@ -88,30 +89,31 @@ def test_2_6_22_native_patch_and_default():
 def _split_expected(path: str, sites: list[dict], bits: int, version: int,
                     pv_unlock: bool) -> list[str]:
     """Eras 3 and 4, site by site in fixture order (see pv_legacy.S)."""
-    call_pad, ins = (P6[1], 6) if bits == 32 else (P6[2], 7)
+    pad = INTEL if bits == 32 else P6  # i386: no NOPL, so the GENERIC table
+    call_pad, ins = (pad[1], 6) if bits == 32 else (pad[2], 7)
     s = sites
     out = [rel(path, s[0], "e8", "native_io_delay") + call_pad,
-           "fa" + P6[ins - 1], "9c58" + P6[ins - 2], "0f20d0" + P6[ins - 3]]
+           "fa" + pad[ins - 1], "9c58" + pad[ins - 2], "0f20d0" + pad[ins - 3]]
     if bits == 32:  # i386: paravirt_patch_ident_32/64 return 0
-        out += [P6[6], P6[6]]
+        out += [pad[6], pad[6]]
     else:
         pmd = "89f8" if version < 42000 else "4889f8"  # ident_32 gone in 4.20
-        out += ["4889f8" + P6[4], pmd + P6[7 - len(pmd) // 2]]
-    out += [P6[ins], "0f0b" + P6[ins - 2]]
+        out += ["4889f8" + pad[4], pmd + pad[7 - len(pmd) // 2]]
+    out += [pad[ins], "0f0b" + pad[ins - 2]]
     if bits == 32:
-        out.append("cf" + P6[5])  # iret inline on i386
+        out.append("cf" + pad[5])  # iret inline on i386
     else:
-        out += [rel(path, s[8], "e9", "native_iret") + P6[1], "0f01f8480f07"]
+        out += [rel(path, s[8], "e9", "native_iret") + pad[1], "0f01f8480f07"]
     unlock = s[len(out)]
     if not pv_unlock:
-        out.append(("c60000" if bits == 32 else "c60700") + P6[ins - 3])
+        out.append(("c60000" if bits == 32 else "c60700") + pad[ins - 3])
     elif version < 41900:
         out.append(unlock["before"])  # clobber check: mask RET_REG lacks CLBR_ANY
     else:
         out.append(rel(path, unlock, "e8", "__raw_callee_save___pv_queued_spin_unlock")
                    + call_pad)
     vcpu = "31c0" if bits == 32 or version >= 42000 else "4831c0"
-    out.append(vcpu + P6[ins - len(vcpu) // 2])
+    out.append(vcpu + pad[ins - len(vcpu) // 2])
     out += [s[-2]["before"], s[-1]["before"]]  # 2-byte sites: left (≤5.2) or BUG (5.3+)
     return out
 

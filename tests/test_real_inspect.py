@@ -96,11 +96,10 @@ def test_6_12_sites_are_the_direct_call_alternatives(model612):
 
 def test_6_12_apply_plans_every_site_without_problems(model612):
     from pvpatch.backends import load_backend
-    from pvpatch.patch.nops import default_nops
-    from pvpatch.patch.plan import plan
+    from pvpatch.patch.plan import nop_choice, plan
 
     for backend, vcpus in (("native", 2), ("xen", 1), ("xen", 2)):
         p = plan(model612, load_backend(model612, backend, vcpus), model612.alternatives,
-                 default_nops(64, (6, 12)))
+                 nop_choice(model612))
         assert not [x.problems for x in p.patches if x.problems]
         assert all(x.outcome != "unpatched" for x in p.patches)

@@ -14,7 +14,7 @@ from conftest import real_kernel
 
 from pvpatch.backends import load_backend
 from pvpatch.kernel.model import KernelModel
-from pvpatch.patch.plan import nop_table, plan
+from pvpatch.patch.plan import nop_choice, plan
 
 pytestmark = pytest.mark.realkernel
 CLOCKS = {"pv_steal_clock", "pv_sched_clock"}  # 5.12+
@@ -48,7 +48,7 @@ def test_each_release_has_its_pv_keys_and_every_record_decodes(model):
 
 
 def test_the_native_plan_is_the_transform_of_each_initialiser(model):
-    p = plan(model, load_backend(model, "native"), model.alternatives, nop_table(model))
+    p = plan(model, load_backend(model, "native"), model.alternatives, nop_choice(model))
     keys = model.static_calls.keys
     unlock = model.image.symbols.get("unlockinsn")
     sites = [x for x in p.static_calls if x.kind == "site"]

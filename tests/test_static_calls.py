@@ -31,7 +31,7 @@ from conftest import assemble
 from pvpatch.backends import CallTarget, load_backend
 from pvpatch.image.elf import ElfImage
 from pvpatch.kernel.model import KernelModel
-from pvpatch.patch.plan import nop_table, plan
+from pvpatch.patch.plan import nop_choice, plan
 
 NOP5, RET5 = "0f1f440000", "c3cccccccc"
 XOR5RAX, UNLOCKINSN = "2e2e2e31c0", "3e3ec60700"
@@ -55,7 +55,7 @@ def planned(path: str, backend=None) -> tuple[dict[int, str], dict[str, str], El
     """(site address → bytes after boot, key → trampoline bytes after boot, the image)."""
     model = KernelModel.open(path)
     be = backend(model) if backend else load_backend(model, "native")
-    p = plan(model, be, model.alternatives, nop_table(model))
+    p = plan(model, be, model.alternatives, nop_choice(model))
     sites = {x.address: x.after.hex() for x in p.static_calls if x.kind == "site"}
     tramps = {x.key: x.after.hex() for x in p.static_calls if x.kind == "trampoline"}
     return sites, tramps, model.image
@@ -87,7 +87,7 @@ def test_a_kernel_without_static_calls_has_none():
         sc = m.static_calls
         assert (sc.keys, sc.sites, sc.records) == ({}, [], 0)
         assert "no .static_call_sites" in sc.origin
-        p = plan(m, load_backend(m, "native"), m.alternatives, nop_table(m))
+        p = plan(m, load_backend(m, "native"), m.alternatives, nop_choice(m))
         assert p.static_calls == [] and p.static_call_notes == []
 
 

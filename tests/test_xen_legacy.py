@@ -15,7 +15,8 @@ are worked out by hand from each era's source:
   (edcb5cf84f05, 4.14), no clobber check (b13b271933ee);
 - 5.10 enlighten_pv.c `pv_ops.init.patch = paravirt_patch_default`, pv_ops.cpu = xen_cpu_ops
   …; spinlock.c xen_init_spinlocks() skips the pv lock ops when num_possible_cpus() == 1.
-NOPs: the intel (GENERIC) table for 2.6.23 i386, P6 for the rest (docs/apply.md).
+NOPs (the default CPU, a current Intel core): the intel (GENERIC) table on i386, where
+X86_FEATURE_NOPL is never set (detect_nopl), P6 on x86-64 (docs/apply.md).
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ from legacy_fixtures import legacy_kernel, xen_legacy_kernel
 
 from pvpatch.image.elf import ElfImage
 
-INTEL = {1: "90", 2: "89f6", 5: "908d742600", 6: "8db600000000", 8: "908db42600000000"}
+INTEL = {0: "", 1: "90", 2: "89f6", 3: "8d7600", 4: "8d742600", 5: "908d742600",
+         6: "8db600000000", 7: "8db42600000000", 8: "908db42600000000"}
 P6 = {0: "", 1: "90", 2: "6690", 3: "0f1f00", 4: "0f1f4000", 5: "0f1f440000",
       6: "660f1f440000", 7: "0f1f8000000000", 8: "0f1f840000000000"}
 
 
 def p6(n: int) -> str:
     return P6[8] * (n // 8) + P6[n % 8]
+
+
+def generic(n: int) -> str:
+    return INTEL[8] * (n // 8) + INTEL[n % 8]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -125,30 +131,31 @@ def test_rebase_is_template_plus_delta_on_the_native_word():
 
 def _xen_patch_4_9(path: str, s: list[dict], bits: int) -> list[str]:
     call_pad, asm_pad = (1, 2) if bits == 32 else (2, 1)  # 6/7-byte calls, 7/6-byte asm sites
-    out = [call(path, s[0], "xen_io_delay") + p6(call_pad),
+    pad = generic if bits == 32 else p6  # arch_init_ideal_nops: i386 Intel has no NOPL
+    out = [call(path, s[0], "xen_io_delay") + pad(call_pad),
            s[1]["before"], s[2]["before"],  # C callee-save sites: template too long, refused
-           call(path, s[3], "xen_irq_disable_direct") + p6(asm_pad)]
+           call(path, s[3], "xen_irq_disable_direct") + pad(asm_pad)]
     if bits == 32:
-        out += ["64c605412a000001" + p6(5),  # 13-byte DISABLE_INTERRUPTS(CLBR_NONE) fits
+        out += ["64c605412a000001" + pad(5),  # 13-byte DISABLE_INTERRUPTS(CLBR_NONE) fits
                 s[5]["before"],  # ENABLE_INTERRUPTS(CLBR_NONE): 23 > 13, call refused
                 # movb $0,%fs:mask; testb $0xff,%fs:pending; jz; call check_events: 23 bytes
                 inlined(path, s[6], "64c605412a000000" + "64f605402a0000ff" + "7405"),
-                call(path, s[7], "xen_restore_fl_direct") + p6(18)]  # 27 > 23: a call
+                call(path, s[7], "xen_restore_fl_direct") + pad(18)]  # 27 > 23: a call
     else:
         out += [s[4]["before"], s[5]["before"],  # 8-byte sites: 9-byte templates, refused
                 inlined(path, s[6], "65c60425412a000000" + "65f60425402a0000ff" + "7405")
-                + p6(7),
+                + pad(7),
                 # testw $0x200,%di; setz %gs:mask; cmpw $1,%gs:pending; jnz; call: 31 bytes
                 inlined(path, s[7], "66f7c70002" + "650f940425412a0000" +
-                        "6566833c25402a000001" + "7505") + p6(1)]
-    out += [jmp(path, s[8], "xen_iret") + p6(asm_pad),
-            call(path, s[9], "xen_read_cr2_direct") + p6(call_pad),
+                        "6566833c25402a000001" + "7505") + pad(1)]
+    out += [jmp(path, s[8], "xen_iret") + pad(asm_pad),
+            call(path, s[9], "xen_read_cr2_direct") + pad(call_pad),
             s[10]["before"],  # make_pte: callee-save site, refused
-            "0f0b" + p6(call_pad + 3),  # alloc_p4d NULL in xen_mmu_ops
-            p6(call_pad + 5),  # load_tr_desc = paravirt_nop
+            "0f0b" + pad(call_pad + 3),  # alloc_p4d NULL in xen_mmu_ops
+            pad(call_pad + 5),  # load_tr_desc = paravirt_nop
             s[13]["before"],  # queued_spin_unlock → pv thunk, refused (RET_REG)
-            call(path, s[14], "xen_qlock_wait") + p6(call_pad),
-            call(path, s[15], "xen_sched_clock") + p6(call_pad)]
+            call(path, s[14], "xen_qlock_wait") + pad(call_pad),
+            call(path, s[15], "xen_sched_clock") + pad(call_pad)]
     return out
 
 

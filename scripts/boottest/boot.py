@@ -11,10 +11,14 @@ Modes:
 
 The guest is done patching when /init prints its marker. Results go to
 <cache>/boot/<release>/<mode>.text.bin (the .text image, starting at the .text link address),
-<mode>.json (metadata) and <mode>.serial.log; they are reused unless --refresh.
+<mode>.json (metadata) and <mode>.serial.log; they are reused unless --refresh. A QEMU -cpu
+other than the mode's default (qemu64 native, max,-smap,-smep under Xen) is part of the name:
+<mode>@<cpu>.text.bin. The metadata records the CPU the guest was shown (vendor, family,
+model, read from QEMU) and the matching `pvpatch --cpu`, which kernels before 5.13 need.
 
     scripts/boottest/boot.py --flavour amd64 --mode xen2 [--refresh]
     scripts/boottest/boot.py --vmlinux V --vmlinuz Z --mode native
+    scripts/boottest/boot.py --vmlinux V --vmlinuz Z --mode native --cpu EPYC
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import gzip
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -38,6 +43,7 @@ from boottest.initramfs import MARKER, build_initramfs
 from boottest.locate import locate_text
 from boottest.masks import account, build_mask
 from boottest.qemu import Qemu
+from pvpatch.cpu import BY_CPUID
 
 SCHEMA = "pvpatch.boottest/1"
 MODES = ("native", "xen1", "xen2")
@@ -46,6 +52,8 @@ DOM0_CMDLINE = "console=hvc0 earlyprintk=xen nokaslr"
 XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=512M dom0_max_vcpus={vcpus} noreboot"
 GUEST_MB = 1024
 SMP = 2
+XEN_CPU = "max,-smap,-smep"  # Xen under TCG needs SMAP/SMEP off (see docs)
+DEFAULT_CPU = {"native": "qemu64", "xen1": XEN_CPU, "xen2": XEN_CPU}
 
 
 def xen_image() -> Path:
@@ -64,13 +72,20 @@ def xen_image() -> Path:
     return out
 
 
-def paths(kernel: Kernel, mode: str) -> tuple[Path, Path, Path]:
-    d = kernel.boot_dir
-    return d / f"{mode}.text.bin", d / f"{mode}.json", d / f"{mode}.serial.log"
+def stem(mode: str, cpu: str | None = None) -> str:
+    """``native``, or ``native@EPYC`` for a boot on another QEMU CPU model."""
+    if cpu is None or cpu == DEFAULT_CPU[mode]:
+        return mode
+    return f"{mode}@{re.sub(r'[^A-Za-z0-9.+_-]', '_', cpu)}"
 
 
-def cached(kernel: Kernel, mode: str) -> dict | None:
-    image, meta_path, _ = paths(kernel, mode)
+def paths(kernel: Kernel, mode: str, cpu: str | None = None) -> tuple[Path, Path, Path]:
+    d, name = kernel.boot_dir, stem(mode, cpu)
+    return d / f"{name}.text.bin", d / f"{name}.json", d / f"{name}.serial.log"
+
+
+def cached(kernel: Kernel, mode: str, cpu: str | None = None) -> dict | None:
+    image, meta_path, _ = paths(kernel, mode, cpu)
     if not (image.is_file() and meta_path.is_file()):
         return None
     try:
@@ -79,18 +94,30 @@ def cached(kernel: Kernel, mode: str) -> dict | None:
         return None
     if meta.get("schema") != SCHEMA or meta.get("vmlinux_size") != kernel.vmlinux.stat().st_size:
         return None
+    if meta.get("cpu") != (cpu or DEFAULT_CPU[mode]):  # made by a harness without per-CPU names
+        return None
     return meta
+
+
+def guest_cpu(q: Qemu) -> dict:
+    """What CPUID shows the guest, asked of QEMU (a Xen PV dom0 logs none of it), and the
+    ``pvpatch --cpu`` that names it."""
+    path = q.qmp("query-cpus-fast")[0]["qom-path"]
+    got = {p: q.qmp("qom-get", path=path, property=p)
+           for p in ("vendor", "family", "model", "stepping", "model-id")}
+    info = BY_CPUID.get(str(got["vendor"]).strip())
+    got["pvpatch_cpu"] = None if info is None else f"{info.name}:{got['family']}:{got['model']}"
+    return got
 
 
 def qemu_args(kernel: Kernel, mode: str, initrd: Path, cpu: str | None) -> tuple[list[str], dict]:
     common = ["-machine", "q35", "-accel", "tcg", "-m", str(GUEST_MB), "-smp", str(SMP)]
+    cpu = cpu or DEFAULT_CPU[mode]
     if mode == "native":
-        cpu = cpu or "qemu64"
         return ([*common, "-cpu", cpu, "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
                  "-append", NATIVE_CMDLINE],
                 {"cpu": cpu, "kernel_cmdline": NATIVE_CMDLINE})
     vcpus = int(mode.removeprefix("xen"))
-    cpu = cpu or "max,-smap,-smep"  # Xen under TCG needs SMAP/SMEP off (see docs)
     xen_cmd = XEN_CMDLINE.format(vcpus=vcpus)
     for p in (kernel.vmlinuz, initrd):
         if "," in str(p) or " " in str(p):
@@ -107,21 +134,23 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
     """Boot, dump and save one mode; return its metadata (from the cache unless ``refresh``)."""
     if mode not in MODES:
         raise BootError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
-    if not refresh and (meta := cached(kernel, mode)):
-        say(f"{kernel.release} {mode}: cached ({meta['date']}; --refresh reboots)")
+    name = stem(mode, cpu)
+    if not refresh and (meta := cached(kernel, mode, cpu)):
+        say(f"{kernel.release} {name}: cached ({meta['date']}; --refresh reboots)")
         return meta
     ensure_tools(xen=mode != "native")
-    image_path, meta_path, log_path = paths(kernel, mode)
+    image_path, meta_path, log_path = paths(kernel, mode, cpu)
     text = text_layout(kernel.vmlinux)
     with open(kernel.vmlinux, "rb") as f:
         bits = 32 if f.read(5)[4] == 1 else 64  # e_ident[EI_CLASS]
     initrd = build_initramfs(bits)
     args, info = qemu_args(kernel, mode, initrd, cpu)
-    ram_path = kernel.boot_dir / f"{mode}.ram.bin"
+    ram_path = kernel.boot_dir / f"{name}.ram.bin"
     t0 = time.monotonic()
     with Qemu(args, log_path) as q:
+        info["guest_cpu"] = guest_cpu(q)
         boot_s = q.wait_for(MARKER, timeout)
-        say(f"{kernel.release} {mode}: {MARKER} after {boot_s:.1f} s")
+        say(f"{kernel.release} {name}: {MARKER} after {boot_s:.1f} s")
         t1 = time.monotonic()
         if mode == "native":
             q.pmemsave(text.paddr, text.size, image_path.with_suffix(".tmp"))
@@ -152,12 +181,12 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
         if keep_ram:
             meta["ram_dump"] = str(ram_path)
         if meta["location"]["missing_pages"]:
-            say(f"{kernel.release} {mode}: {len(meta['location']['missing_pages'])} .text "
+            say(f"{kernel.release} {name}: {len(meta['location']['missing_pages'])} .text "
                 f"pages not found in guest RAM (zero-filled; listed in {meta_path})")
     meta["changes"] = sanity_check(kernel, image_path, meta)
     meta["total_seconds"] = round(time.monotonic() - t0, 1)
     write_json(meta_path, meta)
-    say(f"{kernel.release} {mode}: saved {image_path} ({meta['total_seconds']} s in all)")
+    say(f"{kernel.release} {name}: saved {image_path} ({meta['total_seconds']} s in all)")
     return meta
 
 
@@ -198,7 +227,8 @@ def main() -> int:
     ap.add_argument("--refresh", action="store_true", help="reboot even if cached")
     ap.add_argument("--timeout", type=float, default=300, help="seconds to wait for the marker")
     ap.add_argument("--keep-ram", action="store_true", help="keep Xen guests' raw RAM dumps")
-    ap.add_argument("--cpu", help="QEMU -cpu (default qemu64 native, max,-smap,-smep Xen)")
+    ap.add_argument("--cpu", help="QEMU -cpu (default qemu64 native, max,-smap,-smep Xen); "
+                    "another CPU is cached as <mode>@<cpu>")
     a = ap.parse_args()
     try:
         if a.vmlinux:
@@ -210,7 +240,8 @@ def main() -> int:
         for mode in a.mode:
             meta = boot(kernel, mode, refresh=a.refresh, timeout=a.timeout,
                         keep_ram=a.keep_ram, cpu=a.cpu)
-            print(paths(kernel, mode)[0], f"boot {meta['boot_seconds']} s")
+            print(paths(kernel, mode, a.cpu)[0], f"boot {meta['boot_seconds']} s; guest CPU "
+                  f"{meta.get('guest_cpu', {}).get('pvpatch_cpu')}")
     except BootError as e:
         print(f"boot: {e}", file=sys.stderr)
         return 2

@@ -4,10 +4,11 @@
 For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs) and the cloud
 kernel (native): fetch it, boot it under QEMU and dump its patched .text (boot.py; cached per
 kernel release, --refresh reboots), write ``pvpatch apply VMLINUX -o OUT --backend B
-[--vcpus N]`` and compare every .text pv site, pv static-call site and pv trampoline
-(compare.py). Prints a table (static calls as matched/total sites, then trampolines); exits 1
-if any site differs or a step failed. If ``pvpatch apply`` is unavailable, the dumps are still made
-and the comparison is skipped, loudly.
+[--vcpus N] --cpu C`` (C: the CPU QEMU showed the guest) and compare every .text pv site,
+pv static-call site and pv trampoline (compare.py). Prints a table (static calls as
+matched/total sites, then trampolines); exits 1 if any site differs or a step failed. If
+``pvpatch apply`` is unavailable, the dumps are still made and the comparison is skipped,
+loudly.
 
     scripts/boottest/run.py [--refresh] [--only amd64:xen2] [--describe] [--keep-patched]
 """
@@ -49,10 +50,14 @@ def apply_available(pvpatch: str) -> bool:
     return r.returncode == 0
 
 
-def apply_args(mode: str) -> list[str]:
+def apply_args(mode: str, meta: dict) -> list[str]:
+    """The backend of the boot, and its CPU: kernels before 5.13 pad for the boot CPU (a
+    qemu64 and a Xen boot on max,-smap,-smep are both AuthenticAMD family 15: K8 NOPs)."""
+    cpu = meta.get("guest_cpu", {}).get("pvpatch_cpu")
+    on = ["--cpu", cpu] if cpu else []
     if mode == "native":
-        return ["--backend", "native"]
-    return ["--backend", "xen", "--vcpus", mode.removeprefix("xen")]
+        return ["--backend", "native", *on]
+    return ["--backend", "xen", "--vcpus", mode.removeprefix("xen"), *on]
 
 
 def main() -> int:
@@ -111,7 +116,8 @@ def main() -> int:
                 row["result"] = "dump ok; apply skipped"
                 continue
             out = kernel.boot_dir / f"patched-{mode}.vmlinux"
-            argv = [a.pvpatch, "apply", str(kernel.vmlinux), "-o", str(out), *apply_args(mode)]
+            argv = [a.pvpatch, "apply", str(kernel.vmlinux), "-o", str(out),
+                    *apply_args(mode, meta)]
             say(" ".join(argv))
             t = time.monotonic()
             r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

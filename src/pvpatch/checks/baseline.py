@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from pvpatch.checks.model import Finding
+from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import InputError
 
 Key = tuple[str, str | None, str, str]
@@ -36,15 +37,16 @@ def finding_key(f: Finding) -> Key:
     return key(f.check, f.backend, f.function, f.op)
 
 
-def load_baseline(path: str, names: tuple[str, ...], vcpus: int) -> Baseline:
-    """Read OLD as a report when it is JSON, else check it as an image."""
+def load_baseline(path: str, names: tuple[str, ...], vcpus: int,
+                  cpu: Cpu = DEFAULT) -> Baseline:
+    """Read OLD as a report when it is JSON, else check it as an image (on the same CPU)."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
         raise InputError(f"cannot open the baseline: {e.strerror}", path) from None
     if head == ELF_MAGIC:
-        return _from_image(path, names, vcpus)
+        return _from_image(path, names, vcpus, cpu)
     return _from_report(path)
 
 
@@ -66,12 +68,12 @@ def _from_report(path: str) -> Baseline:
     return Baseline(path, "report", frozenset(keys), len(keys))
 
 
-def _from_image(path: str, names: tuple[str, ...], vcpus: int) -> Baseline:
+def _from_image(path: str, names: tuple[str, ...], vcpus: int, cpu: Cpu) -> Baseline:
     from pvpatch.checks.runner import run_checks
     from pvpatch.kernel.model import KernelModel
 
     with KernelModel.open(path) as model:
-        old = run_checks(model, names, vcpus, explicit=False).findings
+        old = run_checks(model, names, vcpus, explicit=False, cpu=cpu).findings
     return Baseline(path, "image", frozenset(map(finding_key, old)), len(old))
 
 

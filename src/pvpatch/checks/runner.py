@@ -16,10 +16,12 @@ from pvpatch.backends import BACKENDS, Backend, load_backend
 from pvpatch.checks import alternatives, clobbers, fit, sites, slots, static_calls
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding, load_registry
+from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
-from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_table, plan
+from pvpatch.patch.boot_nops import NopChoice
+from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_choice, plan
 
 PerBackend = Callable[[Context, BackendRun], list[Finding]]
 PER_BACKEND: tuple[tuple[str, PerBackend], ...] = (
@@ -54,6 +56,7 @@ class CheckRun:
     findings: list[Finding] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    nops: NopChoice | None = None  # the table every backend's plan padded with, and why
 
 
 def parse_backends(text: str | None) -> tuple[tuple[str, ...], bool]:
@@ -83,15 +86,17 @@ Unit = Callable[[], Part]
 
 
 def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
-               explicit: bool = True) -> CheckRun:
-    """Every family for ``names``. Without ``explicit``, a backend the image cannot have
-    (Xen PV on a kernel built without it) is skipped with a note instead of an error."""
+               explicit: bool = True, cpu: Cpu = DEFAULT) -> CheckRun:
+    """Every family for ``names``, planned for boots on ``cpu``. Without ``explicit``, a
+    backend the image cannot have (Xen PV on a kernel built without it) is skipped with a
+    note instead of an error."""
     ctx = Context(model, model.alternatives)  # the table the sites were read with (6.8+)
-    run = CheckRun(model.image.path, model.version.release, [])
+    nops = nop_choice(model, cpu)
+    run = CheckRun(model.image.path, model.version.release, [], nops=nops)
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
     # (rank in the report, unit): the image-wide checks, each backend, the Xen notes
-    jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit))]
+    jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit, nops))]
                                           for i, name in enumerate(names)]
     jobs[0].insert(0, (0, lambda: _image_part(ctx)))
     if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to the backend
@@ -130,12 +135,13 @@ def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
                                            key=lambda pair: pair[0])]
 
 
-def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool) -> Unit:
+def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool,
+                  nops: NopChoice) -> Unit:
     def unit() -> Part:
         why = None if explicit else _unusable(ctx.model, name)
         if why is not None:
             return Part([], [], notes=[f"{name} backend skipped: {why}"])
-        return _backend_part(ctx, load_backend(ctx.model, name, vcpus))
+        return _backend_part(ctx, load_backend(ctx.model, name, vcpus), nops)
     return unit
 
 
@@ -160,10 +166,10 @@ def _image_part(ctx: Context) -> Part:
                  "static_call_sites": len(ctx.model.static_calls.sites)})
 
 
-def _backend_part(ctx: Context, backend: Backend) -> Part:
+def _backend_part(ctx: Context, backend: Backend, nops: NopChoice) -> Part:
     """Plan the backend's boot patching once (as `apply` does) and let each family read it."""
     model = ctx.model
-    p = plan(model, backend, ctx.alts, nop_table(model))
+    p = plan(model, backend, ctx.alts, nops)
     br = BackendRun(backend, p, model.image.symbols.address(ERA_5_13_TO_6_7.nop_function))
     out = Part([], [], backend=BackendInfo(backend.name, backend.description))
     for family, fn in PER_BACKEND:

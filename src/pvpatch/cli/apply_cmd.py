@@ -9,13 +9,14 @@ import sys
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import image_options, keep_until_exit, progress, say_progress
+from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, progress, say_progress
+from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
-from pvpatch.patch.plan import nop_table, plan
+from pvpatch.patch.plan import nop_choice, plan
 from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 
@@ -36,10 +37,12 @@ from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 @click.option("--check", is_flag=True,
               help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
                    "violation, replacement too long, a static-call record the kernel refuses).")
+@cpu_options()
 @image_options()
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
-          check: bool, system_map: str | None, btf: str | None) -> None:
+          check: bool, cpu_spec: str | None, cpuinfo: str | None, system_map: str | None,
+          btf: str | None) -> None:
     """Rewrite the paravirt call sites of VMLINUX exactly as the kernel does at boot.
 
     Each indirect `call *pv_ops+N(%rip)` becomes what the running kernel holds after
@@ -58,6 +61,8 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
     Examples:
       pvpatch apply vmlinux -o vmlinux.native
       pvpatch apply vmlinux -o vmlinux.xen --backend xen --vcpus 1
+      pvpatch apply vmlinux-5.10 -o vmlinux.qemu64 --cpu amd:15:107    pre-5.13: NOPs by CPU
+      pvpatch apply vmlinux-5.10 --dry-run --cpuinfo /proc/cpuinfo
       pvpatch apply vmlinux --backend xen --dry-run --sites --op 'lock.*'
       pvpatch apply vmlinux --dry-run --json | jq '.counts'
       pvpatch apply /boot/vmlinuz-$(uname -r) -o vmlinux.xen --backend xen
@@ -68,8 +73,9 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         raise UsageError("--in-place and -o exclude each other")
     if dry_run and (output or in_place):
         raise UsageError(f"--dry-run writes nothing: drop {'-o' if output else '--in-place'}")
+    cpu = resolve_cpu(cpu_spec, cpuinfo)
     target = vmlinux if in_place else output
-    with OutputFiles([vmlinux, system_map, btf]) as outs:
+    with OutputFiles([vmlinux, system_map, btf, cpuinfo]) as outs:
         elf = None if target is None else outs.claim(
             target, "--in-place" if in_place else "-o", replaces_input=in_place,
             hint="use --in-place to replace it")
@@ -85,7 +91,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             data = None if boot is None else model.image.data  # the vmlinux inside it
             progress("resolving the backend and planning")
             be = load_backend(model, backend, vcpus)
-            p = plan(model, be, model.alternatives, nop_table(model))
+            p = plan(model, be, model.alternatives, nop_choice(model, cpu))
             # the input is validated: only now may an earlier output at -o be replaced
             copy = None if elf is None else stack.enter_context(
                 PatchedCopy(vmlinux, elf, data=data))

@@ -9,7 +9,8 @@ import click
 from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
-from pvpatch.cli.common import image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, say_progress
+from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
@@ -35,10 +36,11 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @click.option("--baseline", metavar="OLD",
               help="An earlier image or --format json report: its findings become 'known' "
                    "and do not count toward the exit status.")
+@cpu_options()
 @image_options()
 def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: bool,
-          output: str | None, fail_on: str, baseline: str | None, system_map: str | None,
-          btf: str | None) -> None:
+          output: str | None, fail_on: str, baseline: str | None, cpu_spec: str | None,
+          cpuinfo: str | None, system_map: str | None, btf: str | None) -> None:
     """Check the paravirt sites, slots, alternatives and Xen notes of VMLINUX.
 
     Each finding names its check id, severity, backend, site (address, function+offset, op)
@@ -54,6 +56,7 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
     Examples:
       pvpatch check vmlinux
       pvpatch check vmlinux --backend xen --vcpus 1 --fail-on warning
+      pvpatch check vmlinux-5.10 --cpu intel:6:94       pre-5.13: plan for that boot CPU
       pvpatch check vmlinux --format junit -o pvpatch-junit.xml
       pvpatch check vmlinux --json -o old.json; pvpatch check new/vmlinux --baseline old.json
     """
@@ -61,13 +64,14 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
         raise UsageError(f"--json and --format {fmt} exclude each other")
     fmt = "json" if as_json else fmt
     names, explicit = parse_backends(backends)
-    with OutputFiles([vmlinux, baseline, system_map, btf]) as outs:
+    cpu = resolve_cpu(cpu_spec, cpuinfo)
+    with OutputFiles([vmlinux, baseline, system_map, btf, cpuinfo]) as outs:
         target = outs.claim(output, "-o") if output else None
         with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
                                progress=say_progress()) as model:
             keep_until_exit(model)
-            run = run_checks(model, names, vcpus, explicit)
-        base = load_baseline(baseline, names, vcpus) if baseline else None
+            run = run_checks(model, names, vcpus, explicit, cpu)
+        base = load_baseline(baseline, names, vcpus, cpu) if baseline else None
         run.findings = mark_known(run.findings, base)
         report = _render(fmt, run, fail_on, base)
         if target is not None:

@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import click
 
+from pvpatch.cpu import CPU_SPEC
+
 F = TypeVar("F", bound=Callable[..., object])
 
 _KEPT: list[object] | None = None  # a list once main() promised to leave with os._exit
@@ -54,5 +56,26 @@ def image_options(types: bool = True) -> Callable[[F], F]:
             "--system-map", "system_map", metavar="FILE", type=click.Path(dir_okay=False),
             help="Take symbols from this System.map instead of the image's .symtab or, for "
                  "a stripped image or vmlinuz, its kallsyms tables.")(f)
+
+    return decorate
+
+
+def cpu_options() -> Callable[[F], F]:
+    """``--cpu VENDOR[:FAMILY[:MODEL]]`` and ``--cpuinfo FILE``: the CPU the kernel boots on.
+
+    Kernels up to 5.12 chose their padding NOPs from it (docs/apply.md); later ones ignore it.
+    The values are parsed by :func:`pvpatch.cpu.resolve_cpu`, which also refuses both at once.
+    """
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--cpuinfo", "cpuinfo", metavar="FILE", type=click.Path(dir_okay=False),
+            help="Take the boot CPU from a /proc/cpuinfo (its first processor).")(f)
+        return click.option(
+            "--cpu", "cpu_spec", metavar=CPU_SPEC,
+            help="The boot CPU, for kernels up to 5.12 whose padding NOPs depend on it: "
+                 "intel, amd, hygon, centaur or zhaoxin, family and model decimal or 0x-hex "
+                 "(amd:15:107 is QEMU's qemu64).  [default: a current x86 CPU: P6 NOPs "
+                 "on x86-64 from 3.6]")(f)
 
     return decorate

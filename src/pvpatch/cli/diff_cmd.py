@@ -7,17 +7,20 @@ from collections import Counter
 
 import click
 
-from pvpatch.cli.common import image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, say_progress
+from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import site_bytes
 from pvpatch.kernel.static_calls import StaticCallSite
-from pvpatch.patch.observe import observe, observe_static_site, observe_trampoline
-from pvpatch.patch.plan import OUTCOMES
+from pvpatch.patch.boot_nops import NopChoice
+from pvpatch.patch.observe import observe, observe_static_site, observe_trampoline, padded_with
+from pvpatch.patch.plan import OUTCOMES, SitePatch, nop_choice
 from pvpatch.patch.static_calls import StaticCallPatch
 from pvpatch.render.apply import patch_dict, per_op, render_ops, render_sites
+from pvpatch.render.nops import nops_dict
 from pvpatch.render.static_calls import (
     plan_section,
     render_plan_keys,
@@ -31,10 +34,11 @@ from pvpatch.render.static_calls import (
 @click.argument("patched", type=click.Path(dir_okay=False))
 @click.option("--sites", "list_sites", is_flag=True, help="List every site: before → after.")
 @click.option("--changed", is_flag=True, help="With --sites, only the sites that differ.")
+@cpu_options()
 @image_options()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/apply.md).")
-def diff(original: str, patched: str, list_sites: bool, changed: bool, system_map: str | None,
-         btf: str | None, as_json: bool) -> None:
+def diff(original: str, patched: str, list_sites: bool, changed: bool, cpu_spec: str | None,
+         cpuinfo: str | None, system_map: str | None, btf: str | None, as_json: bool) -> None:
     """Show what PATCHED holds at every paravirt site of ORIGINAL, classified.
 
     ORIGINAL is the unpatched vmlinux (its .parainstructions name the sites, its
@@ -42,15 +46,21 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
     image of the same kernel: a `pvpatch apply` output, or one patched by another tool.
     Either may be a bzImage (/boot/vmlinuz-*); --system-map and --btf are for ORIGINAL.
 
+    The padding is judged against the NOP table ORIGINAL's kernel pads with on the boot CPU
+    (--cpu/--cpuinfo; up to 5.12 it depends on the CPU), and that table's NOPs count as NOPs.
+
     \b
     Examples:
       pvpatch diff vmlinux vmlinux.xen
       pvpatch diff vmlinux vmlinux.xen --sites --changed | less
+      pvpatch diff vmlinux-5.10 vmlinux.qemu64 --cpu amd:15:107    padded with K8 NOPs?
     """
+    cpu = resolve_cpu(cpu_spec, cpuinfo)
     say = say_progress()
     with KernelModel.open(original, system_map=system_map, btf=btf, progress=say) as model, \
             open_image(patched, progress=say) as other:
         keep_until_exit((model, other))
+        nops = nop_choice(model, cpu)
         if other.machine != model.image.machine:
             raise InputError(f"is {other.machine}, the original is {model.image.machine}",
                              patched)
@@ -61,13 +71,15 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
             if after is None:
                 raise InputError(f"has no bytes at site {s.address:#x}: not the same kernel?",
                                  patched)
-            patches.append(observe(model.image, s, before, after))
+            patches.append(observe(model.image, s, before, after, nops.table))
         statics = _observe_static_calls(model, other, patched)
         bits = model.image.bits
     counts = Counter(p.outcome for p in patches)
+    padding = padding_counts(patches, nops, bits)
     if as_json:
         click.echo(json.dumps({
             "schema": "pvpatch.diff/1", "original": original, "patched": patched,
+            "nops": nops_dict(nops), "padding": padding,
             "counts": dict(counts), "changed_sites": sum(p.changed for p in patches),
             "ops": {op: dict(c) for op, c in sorted(per_op(patches).items())},
             "sites": [patch_dict(p, bits) for p in patches],
@@ -76,6 +88,10 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
     click.echo(f"{original} → {patched}")
     click.echo(f"  sites     {len(patches)}, {sum(p.changed for p in patches)} differ")
     click.echo("  outcomes  " + ", ".join(f"{k} {counts[k]}" for k in OUTCOMES if counts[k]))
+    click.echo(f"  padding   {padding['as_table']} sites padded with {nops.table.name} NOPs, "
+               f"{padding['other']} otherwise, {padding['not_judged']} not judged (unchanged or "
+               "no padding)")
+    click.echo(f"  nops      {nops.why}")
     for line in render_plan_lines(statics, []):
         click.echo(line)
     click.echo("")
@@ -109,3 +125,13 @@ def _observe_static_calls(model: KernelModel, other: ElfImage, patched: str
             observe_trampoline
         out.append(observe_one(model.image, what, after))
     return out
+
+
+def padding_counts(patches: list[SitePatch], nops: NopChoice, bits: int) -> dict:
+    """How many changed sites are padded with the expected table, and which are not."""
+    judged = [(p, padded_with(p, nops.table, bits)) for p in patches]
+    other = [p for p, ok in judged if ok is False]
+    return {"table": nops.table.name,
+            "as_table": sum(ok is True for _, ok in judged), "other": len(other),
+            "not_judged": sum(ok is None for _, ok in judged),
+            "other_sites": [f"{p.site.address:#x}" for p in other[:100]]}

@@ -8,11 +8,14 @@ import json
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, say_progress
+from pvpatch.cpu import Cpu, resolve_cpu
+from pvpatch.errors import UsageError
 from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.kernel.static_calls import StaticCallSite
+from pvpatch.patch.boot_nops import NopChoice
 from pvpatch.render.inspect import inspect_dict, render_all_sites, render_summary
 from pvpatch.types.loader import describe_types
 
@@ -32,11 +35,13 @@ from pvpatch.types.loader import describe_types
               help="Also resolve every op for a backend and say why it gets that target.")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
               help="Xen: vCPUs the guest boots with.")
+@cpu_options()
 @image_options()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/inspect.md).")
 def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tuple[str, ...],
-            layout: str | None, backend: str | None, vcpus: int, system_map: str | None,
-            btf: str | None, as_json: bool) -> None:
+            layout: str | None, backend: str | None, vcpus: int, cpu_spec: str | None,
+            cpuinfo: str | None, system_map: str | None, btf: str | None,
+            as_json: bool) -> None:
     """Show the paravirt call sites of VMLINUX and where each pv op points natively.
 
     VMLINUX may also be a bzImage (/boot/vmlinuz-*): its compressed vmlinux is read, with
@@ -54,29 +59,42 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
       pvpatch inspect vmlinux --sites --op 'irq.*'
       pvpatch inspect vmlinux --sites --function 'native_flush_tlb*'
       pvpatch inspect vmlinux --backend xen --vcpus 1     every op's Xen target and why
+      pvpatch inspect vmlinux-5.10 --backend native --cpu amd:15:107   and its NOP table
       pvpatch inspect vmlinux --json | jq '.ops[] | select(.native_target == "NULL")'
       pvpatch inspect vmlinux --json --sites | jq '.sites[] | select(.op == "cpu.cpuid")'
       pvpatch inspect /boot/vmlinuz-$(uname -r) --btf /sys/kernel/btf/vmlinux
     """
+    if (cpu_spec or cpuinfo) and not backend:
+        raise UsageError(f"{'--cpu' if cpu_spec else '--cpuinfo'} only means something with "
+                         "--backend (the boot it plans pads with that CPU's NOPs)")
+    cpu = resolve_cpu(cpu_spec, cpuinfo)
     with KernelModel.open(vmlinux, layout, system_map=system_map, btf=btf,
                           progress=say_progress()) as model:
         keep_until_exit(model)
         sites = select(model.sites.sites, ops, functions)
         static_sites = select_static(model.static_calls.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
+        nops = _nops(model, cpu) if backend else None
         if as_json:
             doc = inspect_dict(model, sites, be, with_sites=list_sites,
-                               static_sites=static_sites)
+                               static_sites=static_sites, nops=nops)
             doc["input"] = describe_input(model.image)
             doc["input"]["types"] = model_types(model, btf)
             click.echo(json.dumps(doc))
             return
-        head, _, rest = render_summary(model, sites, be, static_sites).partition("\n")
+        head, _, rest = render_summary(model, sites, be, static_sites, nops).partition("\n")
         click.echo("\n".join([head, f"  input     {input_line(model.image)}",
                               f"  types     {model_types(model, btf)}", rest]))
         if list_sites:
             click.echo("")
             click.echo(render_all_sites(model, sites, static_sites, be))
+
+
+def _nops(model: KernelModel, cpu: Cpu) -> NopChoice:
+    """The padding a --backend boot uses (imported here: plain inspect never plans)."""
+    from pvpatch.patch.plan import nop_choice
+
+    return nop_choice(model, cpu)
 
 
 def model_types(model: KernelModel, btf: str | None) -> str:

@@ -23,7 +23,7 @@ from pvpatch.kernel.era import BY_KEY, EraDetection, PatchEra, era_version
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site, site_bytes
 from pvpatch.patch import native_tables as T
-from pvpatch.patch.nops import NOP_TABLES, P6_64, NopTable
+from pvpatch.patch.nops import NopTable
 from pvpatch.patch.plan import PatchPlan, SitePatch, call_rel32
 
 JMP = 0xE9
@@ -65,15 +65,6 @@ def patch_version(model: KernelModel, era: PatchEra) -> tuple[T.Version, str]:
     return era_version(model.version, era)
 
 
-def boot_nops(bits: int, version: T.Version, cpu: str = "intel") -> tuple[NopTable, str]:
-    """The table add_nops used on the reference CPU (native_tables.NOP_CHOICES)."""
-    for c in T.NOP_CHOICES:
-        if c.bits == bits and c.span.holds(version):
-            name = c.intel if cpu == "intel" else c.amd
-            return NOP_TABLES[name], f"{name} NOPs on a current {cpu} CPU: {c.why}"
-    return P6_64, "no NOP choice recorded for this version: P6"
-
-
 def rules_for(model: KernelModel, era: PatchEra) -> Rules:
     bits, syms = model.image.bits, model.image.symbols
     version, note = patch_version(model, era)
@@ -98,13 +89,9 @@ def rules_for(model: KernelModel, era: PatchEra) -> Rules:
 def plan_legacy(model: KernelModel, backend: Backend, detection: EraDetection,
                 nops: NopTable) -> PatchPlan:
     rules = rules_for(model, detection.era)
-    chosen, nop_why = boot_nops(rules.bits, rules.version)
-    if chosen != nops:
-        nop_why = f"{nops.name} NOPs, as asked (the era's default is {chosen.name})"
     patches = [_patch_site(model, backend, rules, s, nops) for s in model.sites.sites]
     notes = [f"era {rules.era.key} ({rules.era.versions}): {_dispatcher(rules, backend)}; "
-             f"{rules.version_note}", nop_why,
-             _clobber_note(rules)]
+             f"{rules.version_note}", _clobber_note(rules)]
     return PatchPlan(backend, nops, "ud2", patches, 0, 0, notes, era=rules.era.key,
                      null_patch="ud2")
 

@@ -3,14 +3,17 @@
 Versions are ``(major, minor, sub)`` with ``sub`` used only for 2.6.x (see
 ``pvpatch.kernel.era.version_key``). Ops are matched by the *leaf* of the slot's member path
 (``pv_irq_ops.save_fl`` and ``irq.save_fl`` are both ``save_fl``): the leaf names are unique
-across the op structs of every era. Sources: the fact sheet §4.2–4.6, which read
+across the op structs of every era. Sources: the fact sheet §4.2–4.5, which read
 ``paravirt.c``, ``paravirt_patch_{32,64}.c`` (≤4.20) and ``paravirt_patch.c`` (5.3–5.12) of
-each tree it names; ranges it could only bracket are marked as such.
+each tree it names; ranges it could only bracket are marked as such. The boot CPU's NOP
+rules at the end were read in the kernel trees each rule names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from pvpatch.cpu import MAX_FAMILY, MAX_MODEL
 
 Version = tuple[int, int, int]
 ANY = 0  # an entry for both ELF classes
@@ -160,29 +163,145 @@ CLOBBER_CHECK = span("2.6.22", "4.18")
 LEAVE_IF_TOO_LONG = span("2.6.20", "5.2")
 
 
-@dataclass(frozen=True)
-class NopChoice:
-    """Which table ``add_nops`` used, as a boot on a current Intel or AMD CPU picks it."""
 
+# -- the boot CPU's padding NOPs, 2.6.20–5.12 ---------------------------------------------------
+#
+# add_nops() pads with one of the tables in patch.nops, chosen from the boot CPU: per call by
+# find_nop_table() up to 2.6.39, once in setup_arch() by arch_init_ideal_nops() from 3.0 (the
+# first tree holding it is 3.0.8; 2.6.39.3 still has find_nop_table). From 5.13 the table is
+# fixed at build time (FIXED_NOPS). Each rule lists the kernel's tests in order, the first
+# that holds wins. Read in the trees named in each `source`: "2.6 history" is the mainline
+# history v2.6.12–v2.6.34-rc7 (comio/linux-2.6.25-cf547x, read at its tags); the others are
+# snapshots of one release each (x.y.z), see docs/apply.md.
+
+ALL_FAMILIES = (0, MAX_FAMILY)
+
+
+@dataclass(frozen=True)
+class CpuTest:
+    """One test of find_nop_table()/arch_init_ideal_nops(): when it holds, ``table`` is used."""
+
+    table: str  # a pvpatch.patch.nops table name
+    text: str  # the test, as a report says it
+    vendor: str | None = None  # a pvpatch.cpu vendor name; None: any CPU
+    families: tuple[int, int] = ALL_FAMILIES  # inclusive
+    models: tuple[int, int] = (0, MAX_MODEL)
+    not_models: frozenset[int] = frozenset()
+    feature: str | None = None  # a bit of CPU_FEATURES that must be set
+
+
+@dataclass(frozen=True)
+class NopRule:
     bits: int
     span: Span
-    intel: str  # pvpatch.patch.nops table name
-    amd: str
+    function: str
+    tests: tuple[CpuTest, ...]
+    source: str
+
+
+# The tests the rules share. The Intel model list is the "decoder implementation quirk"
+# comment's: family 6, models 0x0f–0x2f except 0x1c, 0x26, 0x27 run the K8 NOPs faster.
+_INTEL_QUIRK = CpuTest("k8", "the decoder-quirk models (Intel family 6, 0x0f–0x2f bar "
+                       "0x1c/0x26/0x27)", "intel", (6, 6), (0x0F, 0x2F),
+                       frozenset({0x1C, 0x26, 0x27}))
+_INTEL_NOPL = CpuTest("p6", "Intel with X86_FEATURE_NOPL", "intel", feature="NOPL")
+_HYGON = CpuTest("p6", "Hygon", "hygon")
+_AMD_NEW = CpuTest("p6", "AMD family > 0xf", "amd", (0x10, MAX_FAMILY))
+_K8 = CpuTest("k8", "X86_FEATURE_K8 set", feature="K8")
+_K7 = CpuTest("k7", "X86_FEATURE_K7 set", feature="K7")
+_NOPL = CpuTest("p6", "X86_FEATURE_NOPL set", feature="NOPL")
+_INTEL_TABLE = CpuTest("intel", "the fallback (GENERIC NOPs)")
+_K8_64 = CpuTest("k8", "the default branch (x86-64)")
+_IDEAL_64 = (_INTEL_QUIRK, _INTEL_NOPL, CpuTest("k8", "Intel without NOPL (x86-64)", "intel"))
+_IDEAL_32 = (_INTEL_QUIRK, _INTEL_NOPL, CpuTest("intel", "Intel without NOPL (i386)", "intel"))
+_DEFAULT_32 = (_K8, _K7, _INTEL_TABLE)
+
+_R24 = "32c464f5d97 'x86: multi-byte single instruction NOPs' (2.6.24-rc1); 2.6 history v2.6.24–26"
+_R27 = ("f31d731e446 'x86: use X86_FEATURE_NOPL in alternatives' (2.6.27-rc6); 2.6 history "
+        "v2.6.27, v2.6.33; 2.6.35.6, 2.6.36, 2.6.37, 2.6.39.3")
+_R30 = ("arch_init_ideal_nops() without a break after the Intel case, so every CPU ends in the "
+        "default: 3.0.8, 3.1.10, 3.2.7, 3.4.4, 3.5.0 (two trees); 3.6.0 has the break. Stable "
+        "3.4.y/3.5.y took the fix later (3.4.113 has it), which the version cannot show")
+_R36 = "3.6.0, 3.6.5, 3.8.13, 3.13.10, 3.19.12, 4.0.5, 4.1.15"
+_R42 = ("AMD family > 0xf added between 4.1.15 and 4.2.8; read in 4.2.8, 4.4.0, 4.10.0, "
+        "4.14.177, 4.15.18, 4.16.13, 4.17.0, 4.18.0, 4.19.304")
+_R420 = "X86_VENDOR_HYGON added in 4.20 (Hygon support); read in 4.20.0, Debian 5.10.223, 5.12.9"
+
+NOP_RULES = (
+    NopRule(32, span("2.6.20", "2.6.23"), "find_nop_table", _DEFAULT_32,
+            "arch/i386/kernel/alternative.c noptypes[]; 2.6 history v2.6.20–23"),
+    NopRule(32, span("2.6.24", "2.6.26"), "find_nop_table",
+            (_K8, _K7, CpuTest("p6", "X86_FEATURE_P4 set", feature="P4"),
+             CpuTest("p6", "X86_FEATURE_P3 set", feature="P3"), _INTEL_TABLE), _R24),
+    NopRule(32, span("2.6.27", "2.6.39"), "find_nop_table", (_K8, _K7, _NOPL, _INTEL_TABLE),
+            _R27),
+    NopRule(32, span("3.0", "3.5"), "arch_init_ideal_nops", _DEFAULT_32, _R30),
+    NopRule(32, span("3.6", "4.1"), "arch_init_ideal_nops", _IDEAL_32 + _DEFAULT_32, _R36),
+    NopRule(32, span("4.2", "4.19"), "arch_init_ideal_nops",
+            (*_IDEAL_32, _AMD_NEW, *_DEFAULT_32), _R42),
+    NopRule(32, span("4.20", "5.12"), "arch_init_ideal_nops",
+            (*_IDEAL_32, _HYGON, _AMD_NEW, *_DEFAULT_32), _R420),
+    NopRule(64, span("2.6.25", "2.6.26"), "find_nop_table",
+            (CpuTest("p6", "Intel family ≥ 6", "intel", (6, MAX_FAMILY)),
+             CpuTest("k8", "any other CPU")), _R24),
+    NopRule(64, span("2.6.27", "2.6.39"), "find_nop_table",
+            (_INTEL_NOPL, CpuTest("k8", "any other CPU")), _R27),
+    NopRule(64, span("3.0", "3.5"), "arch_init_ideal_nops", (_K8_64,), _R30),
+    NopRule(64, span("3.6", "4.1"), "arch_init_ideal_nops", (*_IDEAL_64, _K8_64), _R36),
+    NopRule(64, span("4.2", "4.19"), "arch_init_ideal_nops",
+            (*_IDEAL_64, _AMD_NEW, _K8_64), _R42),
+    NopRule(64, span("4.20", "5.12"), "arch_init_ideal_nops",
+            (*_IDEAL_64, _HYGON, _AMD_NEW, _K8_64), _R420),
+)
+
+# From here on x86_nops[] is fixed at build time: P6 on x86-64, GENERIC (with ds-prefixed
+# 5/8-byte forms) on i386 — patch.nops.default_nops.
+FIXED_NOPS = span("5.13", "99.0")
+FIXED_NOPS_SOURCE = ("a89dfde3dc3c 'x86: Remove dynamic NOP selection', in the x86/core pull "
+                     "for v5.13; 5.12.9 still chooses, the 5.14-rc5 tree has x86_nops[]")
+
+
+@dataclass(frozen=True)
+class CpuFeature:
+    """A feature bit the kernel sets itself, not read from CPUID, as the NOP choice sees it.
+
+    None of these is a /proc/cpuinfo flag (K7/K8/P3/P4 have no name there; "nopl" shows what
+    the kernel that wrote the file decided), so they are derived, as the kernel derives them.
+    """
+
+    name: str  # X86_FEATURE_<name>
+    bits: int
+    span: Span
     why: str
+    value: bool | None = None  # fixed for every CPU; None: by vendor and family
+    vendor: str | None = None
+    families: tuple[int, int] = ALL_FAMILIES
 
 
-# Before 5.13 the table was chosen per CPU at boot (find_nop_table / arch_init_ideal_nops).
-# Reference CPUs: a current Intel (family 6, model > 0x2f, NOPL) and a current AMD (family
-# > 0xf, NOPL). The Intel choice is the default.
-NOP_CHOICES = (
-    NopChoice(32, span("2.6.20", "2.6.23"), "intel", "k8",
-              "K8 if X86_FEATURE_K8, K7 if K7, else the intel (GENERIC) table"),
-    NopChoice(32, span("2.6.24", "2.6.35"), "p6", "k8",
-              "K8, K7, then P6 on Intel P3/P4-class or NOPL CPUs, else intel"),
-    NopChoice(32, span("2.6.36", "5.12"), "p6", "k8",
-              "ideal_nops: Intel family 6 outside models 0x0f–0x2f with NOPL → P6; others K8"),
-    NopChoice(64, span("2.6.25", "2.6.35"), "p6", "k8",
-              "P6 on Intel family ≥ 6 (later: with NOPL), else K8"),
-    NopChoice(64, span("2.6.36", "5.12"), "p6", "p6",
-              "ideal_nops: Intel with NOPL → P6; AMD family > 0xf → P6 (S4.19)"),
+_LATE = "only after setup_arch() has run arch_init_ideal_nops(): not set when it is read"
+CPU_FEATURES = (
+    CpuFeature("NOPL", 64, span("2.6.27", "5.12"), "a required feature on x86-64 "
+               "(required-features.h NEED_NOPL), so boot_cpu_has() is constant", value=True),
+    CpuFeature("NOPL", 32, span("2.6.27", "5.12"), "detect_nopl() clears it on i386 "
+               "(ba0593bf553, 2.6.27-rc7) and X86_P6_NOP is x86-64 only", value=False),
+    CpuFeature("K8", 32, span("2.6.20", "2.6.22"), "init_amd(): AMD family 15",
+               vendor="amd", families=(0xF, 0xF)),
+    CpuFeature("K8", 32, span("2.6.23", "2.6.35"), "init_amd(): AMD family 0xf–0x11 "
+               "(398cf2abdb5 tunes Fam10h/11h like K8)", vendor="amd", families=(0xF, 0x11)),
+    CpuFeature("K8", 32, span("2.6.36", "2.6.39"), "init_amd(): AMD family ≥ 0xf",
+               vendor="amd", families=(0xF, MAX_FAMILY)),
+    CpuFeature("K8", 32, span("3.0", "4.17"), f"init_amd() sets it (AMD family ≥ 0xf) {_LATE}",
+               value=False),
+    CpuFeature("K8", 32, span("4.18", "5.12"), "early_init_amd(): AMD family ≥ 0xf, before "
+               "arch_init_ideal_nops()", vendor="amd", families=(0xF, MAX_FAMILY)),
+    CpuFeature("K7", 32, span("2.6.20", "2.6.39"), "init_amd(): AMD family 6", vendor="amd",
+               families=(6, 6)),
+    CpuFeature("K7", 32, span("3.0", "4.17"), f"init_amd_k7() sets it (AMD family 6) {_LATE}",
+               value=False),
+    CpuFeature("K7", 32, span("4.18", "5.12"), "early_init_amd(): AMD family 6, before "
+               "arch_init_ideal_nops()", vendor="amd", families=(6, 6)),
+    CpuFeature("P4", 32, span("2.6.24", "2.6.26"), "init_intel(): Intel family 15",
+               vendor="intel", families=(0xF, 0xF)),
+    CpuFeature("P3", 32, span("2.6.24", "2.6.26"), "init_intel(): Intel family 6",
+               vendor="intel", families=(6, 6)),
 )

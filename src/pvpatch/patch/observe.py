@@ -11,6 +11,7 @@ from pvpatch.disasm import decode
 from pvpatch.image.elf import ElfImage
 from pvpatch.kernel.sites import Site
 from pvpatch.kernel.static_calls import StaticCallKey, StaticCallSite, rel32_target
+from pvpatch.patch.nops import NOP_TABLES, NopTable
 from pvpatch.patch.plan import CALL, SitePatch
 from pvpatch.patch.static_calls import StaticCallPatch
 
@@ -18,7 +19,14 @@ NOP_MNEMONICS = {"nop", "nopw", "nopl", "xchgw"}
 BUG_FUNCTIONS = ("paravirt_BUG", "BUG_func")
 
 
-def observe(image: ElfImage, site: Site, before: bytes, after: bytes) -> SitePatch:
+# How many bytes the replacement of each outcome takes; the rest of the site is padding.
+USED = {"direct-call": 5, "direct-jmp": 5, "bug-call": 5, "ud2": 2, "nop": 0}
+
+
+def observe(image: ElfImage, site: Site, before: bytes, after: bytes,
+            nops: NopTable | None = None) -> SitePatch:
+    """The outcome ``after`` shows; ``nops``, the expected table, also counts as all-NOP
+    (its i386 forms are lea/mov, which no disassembler calls nop)."""
     sp = SitePatch(site, before, after, "unpatched", reason="observed")
     if after == before:
         sp.reason = "bytes unchanged"
@@ -38,6 +46,9 @@ def observe(image: ElfImage, site: Site, before: bytes, after: bytes) -> SitePat
         return sp
     if after[:2] == b"\x0f\x0b":  # ≤5.12: a NULL slot's ud2
         sp.outcome = "ud2"
+        return sp
+    if nops is not None and after == nops.fill(len(after)):
+        sp.outcome = "nop"
         return sp
     insns = decode(after, site.address, image.bits)
     if insns and sum(i.size for i in insns) == len(after) and \
@@ -84,3 +95,31 @@ def _classify_static(image: ElfImage, sp: StaticCallPatch) -> None:
         sp.outcome = "nop"
     else:
         sp.outcome = "inline"
+
+
+def padded_with(sp: SitePatch, nops: NopTable, bits: int) -> bool | None:
+    """Is the site padded with ``nops``? None: unchanged, no padding, or none that any
+    table would write.
+
+    The padding starts where the replacement ends: after the call, jmp or ud2, at 0 for a
+    nop site, and for inline code at the first instruction boundary from which the rest
+    is some table's fill (several tables agree on short fills, which then count as a match).
+    """
+    if not sp.changed:
+        return None
+    n = len(sp.after)
+    starts = [USED[sp.outcome]] if sp.outcome in USED else _boundaries(sp.after, bits)
+    for start in starts:
+        tail = sp.after[start:]
+        if tail and any(t.fill(n - start) == tail for t in NOP_TABLES.values()):
+            return tail == nops.fill(n - start)
+    return None
+
+
+def _boundaries(code: bytes, bits: int) -> list[int]:
+    """Where each instruction after the first starts (the inline replacement is at least one)."""
+    out, at = [], 0
+    for insn in decode(code, 0, bits):
+        at += insn.size
+        out.append(at)
+    return out

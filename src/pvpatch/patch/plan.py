@@ -22,16 +22,18 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from pvpatch.backends import Backend
+from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.clobbers import ClobberBits
-from pvpatch.kernel.era import LEGACY_ERAS
+from pvpatch.kernel.era import LEGACY_ERAS, era_version
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site, site_bytes
+from pvpatch.patch.boot_nops import NopChoice, choose, fixed
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
 from pvpatch.patch.entries import decide, feature_text
-from pvpatch.patch.nops import NopTable, default_nops
+from pvpatch.patch.nops import NopTable
 from pvpatch.patch.static_calls import StaticCallPatch, plan_static_calls
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
@@ -74,6 +76,7 @@ class PatchPlan:
     null_patch: str = ""  # what a NULL slot becomes; "" = `call <bug_function>`
     static_calls: list[StaticCallPatch] = field(default_factory=list)  # sites, then trampolines
     static_call_notes: list[str] = field(default_factory=list)
+    nop_choice: NopChoice | None = None  # which table, and why (set by plan())
 
     @property
     def null_text(self) -> str:
@@ -100,11 +103,14 @@ class Era:
 ERA_5_13_TO_6_7 = Era("paravirt_patch", "5.13–6.7", "_paravirt_nop", "paravirt_BUG")
 
 
-def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -> PatchPlan:
-    """The single entry: dispatch to the planner of the image's era (kernel.era)."""
-    out = _plan(model, backend, alts, nops)
+def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopChoice) -> PatchPlan:
+    """The single entry: dispatch to the planner of the image's era (kernel.era).
+
+    ``nops`` is :func:`nop_choice` for the boot CPU: the table every planner pads with."""
+    out = _plan(model, backend, alts, nops.table)
+    out.nop_choice = nops
     out.notes[:0] = backend.notes
-    out.static_calls, out.static_call_notes = plan_static_calls(model, backend, nops)
+    out.static_calls, out.static_call_notes = plan_static_calls(model, backend, nops.table)
     b = model.builtin
     if b is not None and b.table is not None:
         out.notes.insert(0, f"op names from {b.described} (no BTF/DWARF in the image)")
@@ -143,15 +149,16 @@ def _era(model: KernelModel) -> Era:
     return ERA_5_13_TO_6_7
 
 
-def nop_table(model: KernelModel) -> NopTable:
-    """The NOP table add_nops uses for this image's era (legacy: the boot-time CPU choice)."""
-    v = model.version
-    detected = model.era
-    if detected is not None and detected.era.key in LEGACY_ERAS:
-        from pvpatch.patch.legacy import boot_nops, patch_version
+def nop_choice(model: KernelModel, cpu: Cpu = DEFAULT) -> NopChoice:
+    """The NOP table add_nops pads with on ``cpu`` for this image (patch.boot_nops).
 
-        return boot_nops(model.image.bits, patch_version(model, detected.era)[0])[0]
-    return default_nops(model.image.bits, (v.major, v.minor) if v.major else None)
+    Before 5.13 the boot CPU decides; the version is the one the era's tables are read at
+    (kernel.era.era_version). The 6.8+ planner never asks the CPU: its table is fixed."""
+    v, bits, detected = model.version, model.image.bits, model.era
+    if model.sites.origin == ".parainstructions" and detected is not None and \
+            detected.era.key in LEGACY_ERAS:
+        return choose(bits, era_version(v, detected.era)[0], cpu)
+    return fixed(bits, v.key, cpu)
 
 
 # -- step 2: apply_paravirt -------------------------------------------------------------------

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 from pvpatch.disasm import decode, text_of
 from pvpatch.patch.plan import OUTCOMES, PatchPlan, SitePatch
+from pvpatch.render.nops import nops_dict, nops_line
 from pvpatch.render.static_calls import (
     plan_section,
     render_plan_keys,
@@ -71,6 +72,7 @@ def plan_dict(plan: PatchPlan, bits: int, extra: dict | None = None) -> dict:
         "era": plan.era,
         "notes": plan.notes,
         "nop_table": plan.nops.name,
+        "nops": nops_dict(plan.nop_choice),
         "counts": dict(Counter(p.outcome for p in plan.patches)),
         "changed_sites": sum(p.changed for p in plan.patches),
         "alternatives": {"applied_to_pv_sites": plan.alternatives_used,
@@ -92,6 +94,7 @@ def render_summary(plan: PatchPlan, header: list[str]) -> str:
         lines.append(f"            {name}: {why}")
     counts = Counter(p.outcome for p in plan.patches)
     lines.append("  outcomes  " + ", ".join(f"{k} {counts[k]}" for k in OUTCOMES if counts[k]))
+    lines += nops_line(plan.nop_choice)
     lines += [f"  note      {n}" for n in plan.notes]
     lines.append(f"  alternatives  {plan.alternatives_used} applied to pv sites, "
                  f"{plan.alternatives_left} others left as built (CPU-dependent)")

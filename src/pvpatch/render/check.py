@@ -12,6 +12,7 @@ from pvpatch.checks import model as registry
 from pvpatch.checks.baseline import Baseline
 from pvpatch.checks.model import KNOWN, NEW, SEVERITIES, Finding, reaches
 from pvpatch.checks.runner import CheckRun, Suite
+from pvpatch.render.nops import nops_dict, nops_line
 from pvpatch.render.table import table
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def check_dict(run: CheckRun, fail_on: str, baseline: Baseline | None) -> dict:
         "kernel": run.release,
         "backends": [{"name": b.name, "description": b.description} for b in run.backends],
         "notes": run.notes,
+        "nops": nops_dict(run.nops),
         "checked": run.checked,
         "fail_on": fail_on,
         "baseline": None if baseline is None else {
@@ -92,6 +94,7 @@ def render_text(run: CheckRun, fail_on: str, baseline: Baseline | None) -> str:
         done.append(f"{ch['xen_conditions']} Xen builder conditions")
     lines = [run.path, f"  kernel    {run.release or 'unknown'}"]
     lines += [f"  backend   {b.name}: {b.description}" for b in run.backends]
+    lines += nops_line(run.nops)
     lines += [f"  note      {n}" for n in run.notes]
     lines.append(f"  checked   {', '.join(done)}")
     if baseline is not None:

@@ -16,6 +16,8 @@ from pvpatch.backends import Backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
 from pvpatch.kernel.static_calls import StaticCallSite
+from pvpatch.patch.boot_nops import NopChoice
+from pvpatch.render.nops import nops_dict, nops_line
 from pvpatch.render.static_calls import (
     inspect_section,
     render_inspect_keys,
@@ -78,7 +80,8 @@ def backend_ops(backend: Backend) -> list[dict]:
 
 def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
                  with_sites: bool = True,
-                 static_sites: list[StaticCallSite] | None = None) -> dict:
+                 static_sites: list[StaticCallSite] | None = None,
+                 nops: NopChoice | None = None) -> dict:
     """The whole report; ``static_sites`` are the pv static-call sites selected (all: None)."""
     table_ = model.sites
     v = model.version
@@ -112,7 +115,8 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "problems": sum(len(s.problems) for s in sites),
         "backend": None if backend is None else {
             "name": backend.name, "description": backend.description,
-            "features": backend.feature_reasons, "ops": backend_ops(backend)},
+            "features": backend.feature_reasons, "ops": backend_ops(backend),
+            "nops": nops_dict(nops)},
         **({"sites": [site_dict(s, _clobber_names(model, s)) for s in sites]}
            if with_sites else {}),
         "static_calls": inspect_section(
@@ -134,8 +138,10 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
 
 
 def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None,
-                   static_sites: list[StaticCallSite] | None = None) -> str:
-    d = inspect_dict(model, sites, backend, with_sites=False, static_sites=static_sites)
+                   static_sites: list[StaticCallSite] | None = None,
+                   nops: NopChoice | None = None) -> str:
+    d = inspect_dict(model, sites, backend, with_sites=False, static_sites=static_sites,
+                     nops=nops)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"
@@ -167,6 +173,7 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     if backend is not None:
         lines.append(f"  backend   {backend.name}: {backend.description}")
         lines += [f"            {k}: {v}" for k, v in backend.feature_reasons.items()]
+        lines += nops_line(nops)
         counts = Counter(s.type for s in sites)
         rows = [(o["op"], str(o["type"]), str(counts.get(o["type"], 0)), o["target"] or "?",
                  o["reason"]) for o in d["backend"]["ops"]]
