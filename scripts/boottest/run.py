@@ -28,7 +28,10 @@ from boottest import boot as bootmod
 from boottest import compare as cmp
 from boottest.common import BootError, ensure_tools, fetch_kernel, say, tool_versions, write_json
 
-# Debian's current 6.1 kernels, then 6.12 (the ALT_FLAG_DIRECT_CALL era), generic and cloud.
+# (flavour, mode[, QEMU -cpu]): Debian's current 6.1 kernels, then 6.12 (the ALT_FLAG_DIRECT_CALL
+# era), generic and cloud; bullseye's 5.10 (whose padding NOPs depend on the boot CPU: qemu64
+# gives K8 NOPs, EPYC P6 ones); trixie-backports' 7.3 and sid's newest 7.x (pv_ops_lock, grouped
+# alternatives, the Xen tables gone, 7.3's spinlock static calls).
 PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64", "native"),
         ("cloud-amd64", "xen1"), ("cloud-amd64", "xen2"),
         ("6.12-amd64", "native"), ("6.12-amd64", "xen1"), ("6.12-amd64", "xen2"),
@@ -39,7 +42,17 @@ PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64
         # (docs/boot-test.md)
         ("rt-amd64", "native"), ("6.12-rt-amd64", "native"),
         # 32-bit x86 (ELF32, 8-byte records, i386 NOPs); 32-bit Xen PV left Linux in 5.9
-        ("686-pae", "native"), ("686", "native"))
+        ("686-pae", "native"), ("686", "native"),
+        ("bullseye:amd64", "native"), ("bullseye:amd64", "native", "EPYC"),
+        ("bullseye:amd64", "xen1"), ("bullseye:amd64", "xen2"),
+        ("trixie-backports:amd64", "native"), ("trixie-backports:amd64", "xen1"),
+        ("trixie-backports:amd64", "xen2"),
+        ("sid:amd64", "native"), ("sid:amd64", "xen1"), ("sid:amd64", "xen2"))
+
+
+def row_name(row: tuple[str, ...]) -> str:
+    """``bullseye:amd64:native@EPYC``: what --only takes."""
+    return f"{row[0]}:{row[1]}" + (f"@{row[2]}" if len(row) > 2 else "")
 
 
 def apply_available(pvpatch: str) -> bool:
@@ -78,12 +91,12 @@ def main() -> int:
     ap.add_argument("--max-list", type=int, default=20, metavar="N",
                     help="differing sites listed per run (0: all)")
     a = ap.parse_args()
-    plan = [p for p in PLAN if not a.only or f"{p[0]}:{p[1]}" in a.only]
+    plan = [p for p in PLAN if not a.only or row_name(p) in a.only]
     if not plan:
-        ap.error(f"--only matches nothing in {', '.join(f'{f}:{m}' for f, m in PLAN)}")
+        ap.error(f"--only matches nothing in {', '.join(row_name(p) for p in PLAN)}")
 
     try:
-        ensure_tools(xen=any(m != "native" for _, m in plan))
+        ensure_tools(xen=any(p[1] != "native" for p in plan))
     except BootError as e:
         print(f"boot-test: {e}", file=sys.stderr)
         return 2
@@ -97,8 +110,11 @@ def main() -> int:
     rows = []
     kernels: dict[str, object] = {}
     described: dict[str, dict[str, dict]] = {}
-    for flavour, mode in plan:
-        row = {"flavour": flavour, "mode": mode, "release": "?", "boot_s": None,
+    for entry in plan:
+        flavour, mode = entry[:2]
+        cpu = entry[2] if len(entry) > 2 else None
+        label = mode + (f"@{cpu}" if cpu else "")
+        row = {"flavour": flavour, "mode": label, "release": "?", "boot_s": None,
                "result": ""}
         rows.append(row)
         try:
@@ -106,16 +122,16 @@ def main() -> int:
                 kernels[flavour] = fetch_kernel(flavour)
             kernel = kernels[flavour]
             row["release"] = kernel.release
-            meta = bootmod.boot(kernel, mode, refresh=a.refresh, timeout=a.timeout)
+            meta = bootmod.boot(kernel, mode, refresh=a.refresh, timeout=a.timeout, cpu=cpu)
             row["boot_s"] = meta["boot_seconds"]
-            dump = bootmod.paths(kernel, mode)[0]
+            dump = bootmod.paths(kernel, mode, cpu)[0]
             if a.describe:
-                described.setdefault(kernel.release, {})[mode] = cmp.compare(
+                described.setdefault(kernel.release, {})[label] = cmp.compare(
                     kernel.vmlinux, dump, None, True)
             if not can_apply:
                 row["result"] = "dump ok; apply skipped"
                 continue
-            out = kernel.boot_dir / f"patched-{mode}.vmlinux"
+            out = kernel.boot_dir / f"patched-{bootmod.stem(mode, cpu)}.vmlinux"
             argv = [a.pvpatch, "apply", str(kernel.vmlinux), "-o", str(out),
                     *apply_args(mode, meta)]
             say(" ".join(argv))
@@ -132,7 +148,7 @@ def main() -> int:
             finally:
                 if not a.keep_patched:
                     out.unlink(missing_ok=True)
-            write_json(kernel.boot_dir / f"compare-{mode}.json", res)
+            write_json(kernel.boot_dir / f"compare-{bootmod.stem(mode, cpu)}.json", res)
             row.update(res["total"])
             t, sc = res["total"], res["static_calls"]
             row["static"] = (f"{sc['sites']['match']}/{sc['sites']['sites']} "
@@ -140,22 +156,22 @@ def main() -> int:
             same = t["match"] == t["sites"] and sc["total"]["match"] == sc["total"]["sites"]
             row["result"] = "ok" if same else "DIFFERS"
             if not same:
-                print(f"\n== {kernel.release} {mode}: sites that differ "
-                      f"(full list: {kernel.boot_dir / f'compare-{mode}.json'})")
+                print(f"\n== {kernel.release} {label}: sites that differ (full list: "
+                      f"{kernel.boot_dir / f'compare-{bootmod.stem(mode, cpu)}.json'})")
                 differing = {op: c for op, c in res["counts"].items() if c["match"] != c["sites"]}
                 cmp.print_report({**res, "counts": differing}, a.max_list)
         except BootError as e:
             row["result"] = "FAILED: " + str(e).splitlines()[0][:60]
-            say(f"{flavour} {mode}: {e}")
+            say(f"{flavour} {label}: {e}")
 
     for release, results in described.items():
         cmp.print_side_by_side(release, results)
     print()
-    print(f"{'kernel':<22} {'boot':<7} {'boot s':>6} {'sites':>6} {'match':>6} {'differ':>6} "
+    print(f"{'kernel':<22} {'boot':<12} {'boot s':>6} {'sites':>6} {'match':>6} {'differ':>6} "
           f"{'no-data':>7}  {'static calls':<13} result")
     for r in rows:
         boot_s = f"{r['boot_s']:.1f}" if r["boot_s"] is not None else "-"
-        print(f"{r['release']:<22} {r['mode']:<7} {boot_s:>6} {r.get('sites', '-'):>6} "
+        print(f"{r['release']:<22} {r['mode']:<12} {boot_s:>6} {r.get('sites', '-'):>6} "
               f"{r.get('match', '-'):>6} {r.get('differ', '-'):>6} {r.get('no_data', '-'):>7}"
               f"  {r.get('static', '-'):<13} {r['result']}")
     if not can_apply:
