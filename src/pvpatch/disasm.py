@@ -7,7 +7,7 @@ and gives operand details (base register, displacement) needed to find a call's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -72,7 +72,13 @@ def _indirect_call(code: bytes, address: int, bits: int) -> Insn | None:
         return Insn(address, 6, mnemonic, f"*{sign}{abs(disp):#x}(%rip)", code,
                     (address + 6 + disp) & 0xFFFFFFFFFFFFFFFF, True)
     target = disp & ((1 << bits) - 1)
-    return Insn(address, size, mnemonic, f"*{target:#x}", code, target, True)
+    return Insn(address, size, mnemonic, _absolute(target), code, target, True)
+
+
+@lru_cache(maxsize=4096)
+def _absolute(target: int) -> str:
+    """``*0x…``: a few hundred slots serve thousands of sites."""
+    return f"*{target:#x}"
 
 
 _JCC = ("jo", "jno", "jb", "jae", "je", "jne", "jbe", "ja", "js", "jns", "jp", "jnp", "jl",

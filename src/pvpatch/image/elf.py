@@ -250,7 +250,20 @@ class ElfImage:
         return [sec.addr for sec in secs], secs
 
     def section_at(self, addr: int, length: int = 1) -> Section | None:
-        """The allocated section holding ``[addr, addr+length)``, preferring ones with data."""
+        """The allocated section holding ``[addr, addr+length)``, preferring ones with data.
+
+        The last answer is tried first: callers walk thousands of sites in address order."""
+        last = self._last_section
+        if last is not None and last.contains_addr(addr, length):
+            return last
+        found = self._section_at(addr, length)
+        if found is not None and found.has_file_data:
+            self._last_section = found
+        return found
+
+    _last_section: Section | None = None
+
+    def _section_at(self, addr: int, length: int) -> Section | None:
         starts, secs = self._alloc_sections
         pos = bisect.bisect_right(starts, addr) - 1
         best = None

@@ -8,7 +8,9 @@ an indirect call or jump. Each site is then cross-checked against the slot its c
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pvpatch.disasm import Insn, decode, text_of
 from pvpatch.errors import InputError
@@ -74,13 +76,23 @@ class SiteTable:
     origin: str = SECTION  # where the sites are recorded
 
 
+class Record(NamedTuple):
+    """One ``.parainstructions`` record as stored (a tuple: a kernel has thousands)."""
+
+    index: int
+    address: int
+    type: int
+    length: int
+    clobbers: int | None
+
+
 @dataclass
 class RecordSet:
     """The ``.parainstructions`` records as stored, before any slot is looked up."""
 
     layout: RecordLayout
     layout_reason: str
-    records: list[Site]  # address, type, length, clobbers only
+    records: list[Record]
     section: Section
 
     @property
@@ -137,18 +149,22 @@ def _direct_call_sites(image: ElfImage, pvops: PvOps, alts: AltTable) -> SiteTab
                      ".altinstructions (ALT_FLAG_DIRECT_CALL)")
 
 
-def _records(raw: memoryview, layout: RecordLayout) -> list[Site]:
-    out = []
-    off, i = 0, 0
-    while off + layout.min_record <= len(raw):
-        addr = int.from_bytes(raw[off:off + layout.ptr_size], "little")
-        clob = None
-        if layout.clobbers_off is not None:
-            clob = int.from_bytes(raw[off + layout.clobbers_off:off + layout.clobbers_off + 2],
-                                  "little")
-        out.append(Site(i, addr, raw[off + layout.type_off], raw[off + layout.len_off], clob))
-        off += layout.stride
-        i += 1
+def _records(raw: memoryview, layout: RecordLayout) -> list[Record]:
+    """Every record, unpacked in C (``struct.iter_unpack`` over whole strides); a last record
+    shorter than the stride (no padding after it before 6.1) is read on its own."""
+    ptr = "Q" if layout.ptr_size == 8 else "I"
+    clob = layout.clobbers_off
+    fmt = f"<{ptr}{layout.type_off - layout.ptr_size}xBB" + (f"{clob - layout.len_off - 1}xH"
+                                                          if clob is not None else "")
+    used = struct.calcsize(fmt)
+    whole = len(raw) // layout.stride
+    rows = struct.iter_unpack(f"{fmt}{layout.stride - used}x", raw[:whole * layout.stride])
+    out = [Record(i, *row) if clob is not None else Record(i, *row, None)
+           for i, row in enumerate(rows)]
+    tail = len(raw) - whole * layout.stride
+    if tail >= layout.min_record:
+        row = struct.unpack_from(fmt, bytes(raw[whole * layout.stride:]) + bytes(used), 0)
+        out.append(Record(whole, *row) if clob is not None else Record(whole, *row, None))
     return out
 
 
@@ -262,7 +278,7 @@ def _variant(image: ElfImage, raw: memoryview, same: list[RecordLayout],
     return pick[0], why
 
 
-def _first_invalid(image: ElfImage, records: list[Site]) -> str | None:
+def _first_invalid(image: ElfImage, records: list[Record]) -> str | None:
     for r in records:
         problem = _code_problem(image, r.address, r.length)
         if problem:
