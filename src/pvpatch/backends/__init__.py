@@ -11,10 +11,13 @@ about bytes or sites.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.pvops import Slot
-from pvpatch.kernel.startup import StartupResult
+
+if TYPE_CHECKING:  # start-up reading is imported only by the backends that run it
+    from pvpatch.kernel.startup import StartupResult
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
 from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, say_progress
-from pvpatch.cpu import Cpu, resolve_cpu
+from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
-from pvpatch.kernel.static_calls import StaticCallSite
-from pvpatch.patch.boot_nops import NopChoice
 from pvpatch.render.inspect import inspect_dict, render_all_sites, render_summary
 from pvpatch.types.loader import describe_types
+
+if TYPE_CHECKING:
+    from pvpatch.cpu import Cpu
+    from pvpatch.kernel.static_calls import StaticCallSite
+    from pvpatch.patch.boot_nops import NopChoice
 
 
 @click.command()

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pvpatch.backends import Backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
-from pvpatch.kernel.static_calls import StaticCallSite
-from pvpatch.patch.boot_nops import NopChoice
 from pvpatch.render.nops import nops_dict, nops_line
 from pvpatch.render.static_calls import (
     inspect_section,
@@ -25,6 +23,11 @@ from pvpatch.render.static_calls import (
     render_inspect_sites,
 )
 from pvpatch.render.table import table
+
+if TYPE_CHECKING:  # plain inspect resolves no backend and plans nothing: not imported then
+    from pvpatch.backends import Backend
+    from pvpatch.kernel.static_calls import StaticCallSite
+    from pvpatch.patch.boot_nops import NopChoice
 
 SCHEMA = "pvpatch.inspect/1"
 

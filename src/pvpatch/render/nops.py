@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pvpatch.cpu import Cpu
-from pvpatch.patch.boot_nops import NopChoice
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only types: plain inspect must not import the NOP rules
+    from pvpatch.cpu import Cpu
+    from pvpatch.patch.boot_nops import NopChoice
 
 
 def cpu_dict(cpu: Cpu) -> dict:

@@ -8,8 +8,8 @@ docs/apply.md; everything here is added beside the pv-site keys, never in place 
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from pvpatch.backends import Backend
 from pvpatch.disasm import decode, text_of
 from pvpatch.kernel.static_calls import (
     TRAMP_PREFIX,
@@ -18,8 +18,11 @@ from pvpatch.kernel.static_calls import (
     StaticCallSite,
     StaticCallTable,
 )
-from pvpatch.patch.static_calls import STATIC_CALL_OUTCOMES, StaticCallPatch
 from pvpatch.render.table import table
+
+if TYPE_CHECKING:  # inspect renders no plan: the planner is imported by the apply side only
+    from pvpatch.backends import Backend
+    from pvpatch.patch.static_calls import StaticCallPatch
 
 KIND = "static call"
 
@@ -201,6 +204,8 @@ def render_plan_lines(patches: list[StaticCallPatch], notes: list[str]) -> list[
 
 def _outcomes(patches: list[StaticCallPatch]) -> str:
     c = Counter(p.outcome for p in patches)
+    from pvpatch.patch.static_calls import STATIC_CALL_OUTCOMES
+
     return ", ".join(f"{k} {c[k]}" for k in STATIC_CALL_OUTCOMES if c[k]) or "none"
 
 
