@@ -141,3 +141,10 @@ def test_a_newer_kernel_whose_code_leaves_a_slot_unknown_is_refused():
     r = run("apply", build(XEN_CODE=1, BANNER_NEWER=1, UNKNOWN_STORE=1), "--dry-run",
             "--backend", "xen")
     one_line_error(r, "newer than 7.3", "mmu.write_cr3")
+
+
+def test_a_newer_kernel_is_planned_natively_with_a_warning():
+    r = run("apply", build(BANNER_NEWER=1), "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    notes = json.loads(r.stdout)["notes"]
+    assert any("7.9 is newer than 7.3" in n and "algorithm" in n for n in notes), notes

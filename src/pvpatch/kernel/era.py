@@ -60,6 +60,18 @@ ERAS = (
              "none: the slot is read from the call"),
 )
 BY_KEY = {e.key: e for e in ERAS}
+# The newest release whose boot patching (alternative.c, paravirt.c, static_call.c) pvpatch
+# was read against: a newer image is planned by the same algorithm, with a warning.
+NEWEST_READ: Version = (7, 3, 0)
+
+
+def newer_than_read(v: KernelVersion) -> str | None:
+    """A warning when the banner names a release newer than :data:`NEWEST_READ`."""
+    if v.major is None or (v.major, v.minor or 0) <= NEWEST_READ[:2]:
+        return None
+    return (f"warning: kernel {v.short} is newer than {NEWEST_READ[0]}.{NEWEST_READ[1]}, the "
+            "last release whose boot patching pvpatch was checked against: planned with "
+            f"{NEWEST_READ[0]}.{NEWEST_READ[1]}'s algorithm")
 # The eras before 5.13: planned by patch.legacy, and with Xen rules of their own.
 LEGACY_ERAS = ("G1", "G2", "G3", "G4")
 

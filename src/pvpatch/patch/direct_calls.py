@@ -42,7 +42,8 @@ class DirectCallEra:
     bug_function: str
 
 
-ERA_6_8_PLUS = DirectCallEra("6.8–6.12 (read in Debian 6.12.117)", "nop_func", "BUG_func")
+ERA_6_8_PLUS = DirectCallEra("6.8–7.3 (read in Debian 6.12.117 and 7.3.4)", "nop_func",
+                             "BUG_func")
 
 # 7.0: apply_alternatives() takes the consecutive entries of one address as one patch site
 # (analyze_patch_site: the group's largest instrlen, the last entry whose feature test

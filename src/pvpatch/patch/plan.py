@@ -27,7 +27,7 @@ from pvpatch.disasm import first_length
 from pvpatch.errors import InputError
 from pvpatch.kernel.alternatives import AltEntry, AltTable
 from pvpatch.kernel.clobbers import ClobberBits
-from pvpatch.kernel.era import LEGACY_ERAS, era_version
+from pvpatch.kernel.era import LEGACY_ERAS, era_version, newer_than_read
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site, site_bytes
 from pvpatch.patch.boot_nops import NopChoice, choose, fixed
@@ -110,6 +110,8 @@ def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopChoice) 
     out = _plan(model, backend, alts, nops.table)
     out.nop_choice = nops
     out.notes[:0] = backend.notes
+    if (newer := newer_than_read(model.version)) is not None:
+        out.notes.insert(0, newer)
     out.static_calls, out.static_call_notes = plan_static_calls(model, backend, nops.table)
     b = model.builtin
     if b is not None and b.table is not None:
