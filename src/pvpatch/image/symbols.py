@@ -402,21 +402,10 @@ class SymbolTable:
         return {v: self._symbol(i).name for v, (_rank, i) in best.items()}
 
     def describe_data(self, addr: int) -> str:
-        """``object+0xoff`` for an address in data (the code index knows only code): the
-        sized symbol that holds it, found by a scan. For the rare report that needs it."""
-        exact = self.name_at(addr)
-        if exact is not None:
-            return exact
-        c = self._columns
-        best = None
-        for i in compress(range(len(c["value"])), map(addr.__ge__, c["value"])):
-            v, n = c["value"][i], c["size"][i]
-            if v + n > addr and c["name"][i] and (best is None or v > c["value"][best]):
-                best = i
-        if best is None:
-            return self.describe(addr)
-        sym = self._symbol(best)
-        return f"{sym.name}+{addr - sym.value:#x}"
+        """A data address by the symbol defined exactly there (a table a copy starts at),
+        else in hex: the code index knows only code, and a scan for the object containing
+        an arbitrary address costs more than a report line is worth."""
+        return self.name_at(addr) or f"{addr:#x}"
 
     def name_at(self, addr: int) -> str | None:
         """Name of any symbol defined exactly at ``addr``: code first, then data (a scan)."""

@@ -123,6 +123,9 @@ def run_startup(reader: StoreReader, steps: Sequence[Step], regions: Sequence[Re
     memory = _Memory(regions, reader.read, reader.ptr)
     result = StartupResult({})
     listed = {s.function: s for s in steps}
+    for name in listed:  # a listed callee is applied as its own step, not summarised
+        if (address := reader.image.symbols.address(name)) is not None:
+            reader.not_summarised.add(address)
     done: set[str] = set()
 
     def run(step: Step, static_only: bool) -> None:

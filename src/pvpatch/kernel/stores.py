@@ -223,6 +223,9 @@ class StoreReader:
         self._cache: dict[tuple[int, int, int], Effects] = {}
         self._summaries: dict[tuple[int, int], Effects | None] = {}
         self._names: dict[int, str | None] = {}
+        self._screens: dict[tuple[int, int], str] = {}
+        # functions a caller applies on its own (start-up steps): never worth a summary
+        self.not_summarised: set[int] = set()
 
     # public ----------------------------------------------------------------------------
 
@@ -523,13 +526,18 @@ class StoreReader:
     def _summary(self, target: int, depth: int) -> Effects | None:
         """A small helper's effects with its arguments as symbols (None: too big, or not a
         function the symbols know)."""
+        if target in self.not_summarised:
+            return None
         if (target, depth) in self._summaries:  # by depth: a deeper one summarises less
             return self._summaries[target, depth]
         hit = self.image.symbols.containing(target)
         result = None
         if hit is not None and hit[1] == 0 and 0 < hit[0].size <= SUMMARY_LIMIT * 15:
             sym = hit[0]
-            if _small(self, sym.value, sym.size):
+            shape = _screen(self, sym.value, sym.size, depth)
+            if shape == "quiet":  # writes no memory and calls nothing: nothing to report
+                result = Effects(sym.name, sym.value, sym.size)
+            elif shape == "small":
                 result = self.effects(sym.value, sym.size, sym.name, depth, args=True)
         self._summaries[target, depth] = result
         return result
@@ -561,12 +569,65 @@ def _bind(call: Call, outer: Call) -> Call:
     return Call(outer.at, call.target, args, call.tail)
 
 
-def _small(reader: StoreReader, address: int, size: int) -> bool:
+def _screen(reader: StoreReader, address: int, size: int, depth: int = 1) -> str:
+    """A helper at a glance, from capstone's cheap text-only mode: "big" (past
+    SUMMARY_LIMIT instructions), "quiet" (decoding it in detail would report nothing a caller
+    can use: it writes memory only on the stack or per CPU, and the only functions it calls
+    are quiet too), else "small"."""
+    key = (address, depth)
+    if key in reader._screens:
+        return reader._screens[key]
+    reader._screens[key] = "quiet"  # a recursive call back into it adds nothing
     code = reader.image.try_read(address, min(size, MAX_FUNCTION))
-    if code is None:
+    shape = "big" if code is None else _screen_code(reader, code, address, size, depth)
+    reader._screens[key] = shape
+    return shape
+
+
+def _screen_code(reader: StoreReader, code: bytes, address: int, size: int,
+                 depth: int) -> str:
+    busy = False
+    for count, (_at, _size, mnemonic, op_str) in enumerate(
+            _decoder(reader.bits).disasm_lite(code, address), 1):
+        if count > SUMMARY_LIMIT:
+            return "big"
+        if busy:
+            continue
+        if mnemonic.startswith(("call", "j")):
+            busy = _calls_out(reader, op_str, address, size, depth)
+        elif mnemonic.startswith(("rep", "stos", "movs")):
+            busy = True
+        else:
+            busy = _stores_off_stack(op_str)
+    return "small" if busy else "quiet"
+
+
+def _calls_out(reader: StoreReader, op_str: str, address: int, size: int, depth: int) -> bool:
+    """Does this branch leave the helper for somewhere that may store (indirectly: may)?"""
+    if not (op_str.startswith("0x") and all(c in _HEX for c in op_str[2:])):
+        return True
+    target = int(op_str, 16)
+    if address <= target < address + size:
         return False
-    count = sum(1 for _ in _decoder(reader.bits).disasm_lite(code, address))
-    return count <= SUMMARY_LIMIT
+    if reader.code_name(target) == STATIC_CALL_UPDATE:
+        return True
+    hit = reader.image.symbols.containing(target)
+    if hit is None or hit[1] != 0 or depth >= SUMMARY_DEPTH:
+        return False  # not summarised from here on: its stores are not seen either way
+    return _screen(reader, hit[0].value, hit[0].size, depth + 1) != "quiet"
+
+
+def _stores_off_stack(op_str: str) -> bool:
+    """Is the AT&T destination (the last operand) memory other than the stack or per-CPU?"""
+    dest = op_str.rpartition(", ")[2]
+    if dest.startswith("0x") and "," in op_str:
+        return True  # an absolute address (the SIB no-base form capstone prints bare)
+    if "(" not in dest:
+        return False
+    if dest.startswith(("%gs:", "%fs:")):
+        return False
+    base = dest[dest.index("(") + 1:].split(",")[0].rstrip(")")
+    return base not in ("%rsp", "%rbp", "%esp", "%ebp")
 
 
 def _direct_target(i: object, mask: int) -> int | None:
@@ -582,6 +643,7 @@ def _padding(rest: bytes) -> bool:
 
 
 _WRITE = 2  # capstone CS_AC_WRITE
+_HEX = frozenset("0123456789abcdef")
 _DECIMAL = re.compile(r"\$(\d{5,})")  # capstone prints big immediates in decimal
 _XMM = frozenset(f"xmm{n}" for n in range(32))
 _REP_REGS = frozenset({"rcx", "rsi", "rdi", "ecx", "esi", "edi"})
