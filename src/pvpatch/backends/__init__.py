@@ -168,6 +168,6 @@ def unsupported_reason(model: KernelModel, name: str) -> str | None:
     return import_module(f"pvpatch.backends.{name}").unsupported(model)
 
 
-GUESTS = ("kvm", "hyperv", "vmware")  # modules with resolve() and unsupported()
+GUESTS = ("kvm", "hyperv", "vmware", "lguest")  # modules with resolve() and unsupported()
 BACKENDS = ("native", "xen", *GUESTS)
 CHECKED_BY_DEFAULT = ("native", "xen")  # `check` without --backend

@@ -27,6 +27,7 @@ from pvpatch.backends.xen_rules import Range, Version
 from pvpatch.errors import InputError
 from pvpatch.kernel.era import version_key
 from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.pvops import SPLIT_MEMBERS
 from pvpatch.kernel.sites import describe_targets
 from pvpatch.kernel.startup import Region, StartupResult, Step, run_startup
 from pvpatch.kernel.stores import StoreReader
@@ -55,12 +56,18 @@ class GuestRules:
     entry: str  # a symbol every build with this guest has (its hypervisor_x86 hook)
     steps: tuple[Step, ...]
     conditions: tuple[Condition, ...]
+    bits: tuple[int, ...] = ()  # the ELF classes the guest exists for (empty: both)
 
 
 def regions(model: KernelModel) -> list[Region]:
     """The pv-op tables and the pv static-call keys, as the memory start-up code writes."""
     pvops = model.pvops
     out = []
+    if pvops.container is not None and pvops.container.storage == "per-member":
+        for name in SPLIT_MEMBERS:  # 2.6.24–4.19: one global per op struct
+            sym = model.image.symbols.get(name)
+            if sym is not None and sym.size:
+                out.append(Region(name, sym.value, sym.size))
     if pvops.base is not None:
         size = pvops.layout.size if pvops.layout is not None else \
             (max((s.offset for s in pvops.slots.values() if s.table == "pv_ops"), default=-1)
@@ -82,9 +89,10 @@ def unsupported(model: KernelModel, rules: GuestRules) -> str | None:
     """Why this image cannot be planned as this guest (None: it can)."""
     if model.image.symbols.get(rules.entry) is None:
         return f"the kernel is built without {rules.title} support (no {rules.entry})"
-    if model.pvops.container is None or model.pvops.base is None:
-        return (f"the {rules.title} start-up code is read for kernels with one pv_ops table "
-                f"(4.20+); this image has {model.pvops.described}")
+    if model.pvops.container is None:
+        return f"cannot resolve the {rules.title} backend: {model.pvops.described}"
+    if rules.bits and model.image.bits not in rules.bits:
+        return f"no {model.image.bits}-bit {rules.title}: it exists on {rules.bits[0]}-bit only"
     v = version_of(model)
     if v is not None and not rules.span.holds(v):
         return (f"no {rules.title} start-up steps for kernel {model.version.short} "
@@ -124,8 +132,23 @@ def resolve(model: KernelModel, rules: GuestRules, options: GuestOptions, vcpus:
                       for where, value, cond in result.guarded_off]
     backend.notes += result.problems
     _newer_than_read(model, rules, backend)
+    _patcher(model, backend)
     decide_pv_features(model, backend, xenpv=False)
     return backend
+
+
+PATCHERS = ("lguest_patch", "paravirt_patch_default", "native_patch")
+
+
+def _patcher(model: KernelModel, backend: Backend) -> None:
+    """Before 5.13: the patch op as the start-up code leaves it (lguest_init installs
+    lguest_patch); the native patcher when the guest does not touch it."""
+    slot = next((s for s in model.pvops.slots.values()
+                 if s.name.rsplit(".", 1)[-1] == "patch"), None)
+    res = backend.slots.get(slot.index) if slot is not None else None
+    if res is not None and res.name in PATCHERS:
+        backend.patcher, backend.patcher_reason = res.name, f"patch slot holds {res.name} " \
+                                                            f"({res.reason})"
 
 
 def _reason(origin_how: str, condition: str | None) -> str:
