@@ -82,9 +82,10 @@ def legacy_kernel(era: int, bits: int = 32, version: int | None = None, **defsym
     return _with_btf(elf, btf_blob(era, bits // 8))
 
 
-def xen_legacy_kernel(era: int, bits: int, version: int) -> str:
-    """``fixtures/xen_legacy.S`` for ``era`` (2–4) at banner ``version``, with its .BTF."""
-    syms = {"ERA": era, "VER": version}
+def xen_legacy_kernel(era: int, bits: int, version: int, **defsyms: int) -> str:
+    """``fixtures/xen_legacy.S`` for ``era`` (2–4) at banner ``version``, with its .BTF
+    (``LGUEST=1``: with lguest_init and lguest_patch's templates too)."""
+    syms = {"ERA": era, "VER": version, **defsyms}
     if bits == 32:
         syms["I386"] = 1
     elf = assemble("xen_legacy.S", bits, defsyms=syms)

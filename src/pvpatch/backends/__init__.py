@@ -38,6 +38,19 @@ class CallTarget:
 
 
 @dataclass(frozen=True)
+class GuestOptions:
+    """What a guest's run-time tests see, beyond the vCPU count. None: the backend's stated
+    default (the options' help and docs/backends.md say which, and from where)."""
+
+    kvm_features: frozenset[str] | None = None  # KVM_FEATURE_* names, lower case
+    kvm_hints: frozenset[str] = frozenset()  # KVM_HINTS_* ("realtime")
+    hyperv_features: frozenset[str] | None = None  # the recommendations Hyper-V makes
+    vmware_features: frozenset[str] | None = None
+    cmdline: frozenset[str] = frozenset()  # kernel command-line words (nopvspin, …)
+    mwait: bool = False  # the guest's CPUID shows MONITOR/MWAIT (X86_FEATURE_MWAIT)
+
+
+@dataclass(frozen=True)
 class Feature:
     """A synthetic CPU feature bit that pv-related alternatives test (cpufeatures.h, 5.13+)."""
 
@@ -128,14 +141,36 @@ def decide_pv_features(model: KernelModel, backend: Backend, xenpv: bool) -> Non
             ("not the native thunk: forced" if forced else "the native thunk: not set"))
 
 
-def load_backend(model: KernelModel, name: str, vcpus: int = 2) -> Backend:
+def load_backend(model: KernelModel, name: str, vcpus: int = 2,
+                 options: GuestOptions | None = None) -> Backend:
     from pvpatch.backends import native, xen
 
     if name == "native":
         return native.resolve(model)
     if name == "xen":
         return xen.resolve(model, vcpus)
+    if name in GUESTS:
+        from importlib import import_module
+
+        module = import_module(f"pvpatch.backends.{name}")
+        return module.resolve(model, vcpus, options or GuestOptions())
     raise ValueError(f"unknown backend {name!r}")
 
 
-BACKENDS = ("native", "xen")
+def unsupported_reason(model: KernelModel, name: str) -> str | None:
+    """Why this image cannot have the backend (None: it can), for lists that must work on
+    any kernel (``check``'s default, ``verify``)."""
+    if name == "native":
+        return None
+    if name == "xen":
+        from pvpatch.backends.xen import unsupported
+
+        return unsupported(model)
+    from importlib import import_module
+
+    return import_module(f"pvpatch.backends.{name}").unsupported(model)
+
+
+GUESTS = ("kvm", "hyperv", "vmware", "lguest")  # modules with resolve() and unsupported()
+BACKENDS = ("native", "xen", *GUESTS)
+CHECKED_BY_DEFAULT = ("native", "xen")  # `check` without --backend

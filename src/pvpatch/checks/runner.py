@@ -12,7 +12,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pvpatch.backends import BACKENDS, Backend, load_backend
+from pvpatch.backends import (
+    BACKENDS,
+    CHECKED_BY_DEFAULT,
+    Backend,
+    GuestOptions,
+    load_backend,
+    unsupported_reason,
+)
 from pvpatch.checks import alternatives, clobbers, fit, sites, slots, static_calls
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding, load_registry
@@ -62,7 +69,7 @@ class CheckRun:
 def parse_backends(text: str | None) -> tuple[tuple[str, ...], bool]:
     """``native,xen`` → names in order; the flag says they were asked for explicitly."""
     if text is None:
-        return BACKENDS, False
+        return CHECKED_BY_DEFAULT, False
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     bad = [n for n in names if n not in BACKENDS]
     if bad or not names:
@@ -86,7 +93,8 @@ Unit = Callable[[], Part]
 
 
 def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
-               explicit: bool = True, cpu: Cpu = DEFAULT) -> CheckRun:
+               explicit: bool = True, cpu: Cpu = DEFAULT,
+               options: GuestOptions | None = None) -> CheckRun:
     """Every family for ``names``, planned for boots on ``cpu``. Without ``explicit``, a
     backend the image cannot have (Xen PV on a kernel built without it) is skipped with a
     note instead of an error."""
@@ -96,7 +104,8 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
     # (rank in the report, unit): the image-wide checks, each backend, the Xen notes
-    jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit, nops))]
+    jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit, nops,
+                                                         options))]
                                           for i, name in enumerate(names)]
     jobs[0].insert(0, (0, lambda: _image_part(ctx)))
     if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to the backend
@@ -136,23 +145,19 @@ def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
 
 
 def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool,
-                  nops: NopChoice) -> Unit:
+                  nops: NopChoice, options: GuestOptions | None = None) -> Unit:
     def unit() -> Part:
         why = None if explicit else _unusable(ctx.model, name)
         if why is not None:
             return Part([], [], notes=[f"{name} backend skipped: {why}"])
-        return _backend_part(ctx, load_backend(ctx.model, name, vcpus), nops)
+        return _backend_part(ctx, load_backend(ctx.model, name, vcpus, options), nops)
     return unit
 
 
 def _unusable(model: KernelModel, name: str) -> str | None:
     """The default list must work on any kernel (an explicit one fails loudly instead):
     why this image cannot have the backend, or None."""
-    if name != "xen":
-        return None
-    from pvpatch.backends.xen import unsupported
-
-    return unsupported(model)
+    return unsupported_reason(model, name)
 
 
 def _image_part(ctx: Context) -> Part:

@@ -9,7 +9,15 @@ import sys
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, progress, say_progress
+from pvpatch.cli.common import (
+    cpu_options,
+    guest_options,
+    image_options,
+    keep_until_exit,
+    make_guest_options,
+    progress,
+    say_progress,
+)
 from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.image.bzimage import BootImage
@@ -25,9 +33,12 @@ from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 @click.argument("vmlinux", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", metavar="OUT", help="Where to write the patched ELF.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="native", show_default=True,
-              help="Whose boot to reproduce: bare metal, or a Xen PV guest.")
+              help="Whose boot to reproduce: bare metal, a Xen PV guest, or a KVM, Hyper-V, "
+                   "VMware or lguest guest (docs/backends.md).")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
-              help="Xen: vCPUs the guest boots with (with 1 the kernel keeps native spinlocks).")
+              help="Xen, KVM, Hyper-V, VMware: vCPUs the guest boots with (with 1 Xen and KVM "
+                   "keep native spinlocks).")
+@guest_options()
 @click.option("--dry-run", is_flag=True, help="Plan and report, write nothing.")
 @click.option("--in-place", is_flag=True, help="Replace VMLINUX itself (atomically).")
 @click.option("--report", "report_path", metavar="FILE.json",
@@ -42,7 +53,7 @@ from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
           check: bool, cpu_spec: str | None, cpuinfo: str | None, system_map: str | None,
-          btf: str | None) -> None:
+          btf: str | None, **guest: str | None) -> None:
     """Rewrite the paravirt call sites of VMLINUX exactly as the kernel does at boot.
 
     Each indirect `call *pv_ops+N(%rip)` becomes what the running kernel holds after
@@ -61,6 +72,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
     Examples:
       pvpatch apply vmlinux -o vmlinux.native
       pvpatch apply vmlinux -o vmlinux.xen --backend xen --vcpus 1
+      pvpatch apply vmlinux -o vmlinux.kvm --backend kvm --kvm-features steal_time,pv_unhalt
       pvpatch apply vmlinux-5.10 -o vmlinux.qemu64 --cpu amd:15:107    pre-5.13: NOPs by CPU
       pvpatch apply vmlinux-5.10 --dry-run --cpuinfo /proc/cpuinfo
       pvpatch apply vmlinux --backend xen --dry-run --sites --op 'lock.*'
@@ -74,6 +86,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
     if dry_run and (output or in_place):
         raise UsageError(f"--dry-run writes nothing: drop {'-o' if output else '--in-place'}")
     cpu = resolve_cpu(cpu_spec, cpuinfo)
+    options = make_guest_options(**guest, cpu=cpu)
     target = vmlinux if in_place else output
     with OutputFiles([vmlinux, system_map, btf, cpuinfo]) as outs:
         elf = None if target is None else outs.claim(
@@ -90,7 +103,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
                                  "an ELF vmlinux; write the result elsewhere with -o")
             data = None if boot is None else model.image.data  # the vmlinux inside it
             progress("resolving the backend and planning")
-            be = load_backend(model, backend, vcpus)
+            be = load_backend(model, backend, vcpus, options)
             p = plan(model, be, model.alternatives, nop_choice(model, cpu))
             # the input is validated: only now may an earlier output at -o be replaced
             copy = None if elf is None else stack.enter_context(

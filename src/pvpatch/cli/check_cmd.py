@@ -9,7 +9,14 @@ import click
 from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
-from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import (
+    cpu_options,
+    guest_options,
+    image_options,
+    keep_until_exit,
+    make_guest_options,
+    say_progress,
+)
 from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
@@ -22,10 +29,13 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @click.command()
 @click.argument("vmlinux", type=click.Path(dir_okay=False))
 @click.option("--backend", "backends", metavar="LIST",
-              help="Comma-separated backends to check for: native, xen.  [default: native,xen; "
-                   "xen is skipped for kernels built without it]")
+              help="Comma-separated backends to check for: native, xen, kvm, hyperv, vmware, "
+                   "lguest.  [default: native,xen; xen is skipped for kernels built "
+                   "without it]")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
-              help="Xen: vCPUs the guest boots with (1 keeps native spinlocks).")
+              help="Xen, KVM, Hyper-V, VMware: vCPUs the guest boots with (1 keeps native "
+                   "spinlocks under Xen and KVM).")
+@guest_options()
 @click.option("--format", "fmt", type=click.Choice(("text", "json", "junit")), default="text",
               show_default=True, help="Report format (json: schema pvpatch.check/1).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -40,7 +50,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 @image_options()
 def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: bool,
           output: str | None, fail_on: str, baseline: str | None, cpu_spec: str | None,
-          cpuinfo: str | None, system_map: str | None, btf: str | None) -> None:
+          cpuinfo: str | None, system_map: str | None, btf: str | None,
+          **guest: str | None) -> None:
     """Check the paravirt sites, slots, alternatives and Xen notes of VMLINUX.
 
     Each finding names its check id, severity, backend, site (address, function+offset, op)
@@ -65,12 +76,13 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
     fmt = "json" if as_json else fmt
     names, explicit = parse_backends(backends)
     cpu = resolve_cpu(cpu_spec, cpuinfo)
+    options = make_guest_options(**guest, cpu=cpu)
     with OutputFiles([vmlinux, baseline, system_map, btf, cpuinfo]) as outs:
         target = outs.claim(output, "-o") if output else None
         with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
                                progress=say_progress()) as model:
             keep_until_exit(model)
-            run = run_checks(model, names, vcpus, explicit, cpu)
+            run = run_checks(model, names, vcpus, explicit, cpu, options)
         base = load_baseline(baseline, names, vcpus, cpu) if baseline else None
         run.findings = mark_known(run.findings, base)
         report = _render(fmt, run, fail_on, base)

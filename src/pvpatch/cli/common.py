@@ -79,3 +79,52 @@ def cpu_options() -> Callable[[F], F]:
                  "on x86-64 from 3.6]")(f)
 
     return decorate
+
+
+GUEST_HELP = {
+    "kvm_features": "KVM: the KVM_FEATURE_* bits the host offers, comma-separated (steal_time, "
+                    "pv_unhalt, pv_tlb_flush, nop_io_delay, clocksource2, …, or none).  "
+                    "[default: QEMU's for a named CPU model: clocksource, clocksource2, "
+                    "nop_io_delay, async_pf, steal_time, pv_eoi, clocksource_stable_bit]",
+    "kvm_hints": "KVM: the KVM_HINTS_* the host gives (realtime).  [default: none]",
+    "hyperv_features": "Hyper-V: what the hypervisor recommends and offers (remote_tlb_flush, "
+                       "cluster_ipi, guest_idle, reference_tsc, time_ref_count, "
+                       "tsc_invariant, or none).  [default: assumed for Azure: all but "
+                       "tsc_invariant]",
+    "vmware_features": "VMware: the backdoor commands that answer (tsc_freq, steal_clock, or "
+                       "none).  [default: both, assumed for a current ESXi]",
+    "cmdline": "Guests: the kernel command-line words they test, space-separated: nopvspin "
+               "(KVM), hv_nopvspin, no-kvmclock, no-vmw-sched-clock.  [default: none]",
+}
+
+
+def guest_options() -> Callable[[F], F]:
+    """The run-time facts the KVM, Hyper-V and VMware guests test (docs/backends.md)."""
+
+    def decorate(f: F) -> F:
+        for name in reversed(GUEST_HELP):
+            flag = "--" + name.replace("_", "-")
+            f = click.option(flag, name, metavar="WORDS" if name == "cmdline" else "LIST",
+                             help=GUEST_HELP[name])(f)
+        return f
+
+    return decorate
+
+
+def make_guest_options(kvm_features: str | None = None, kvm_hints: str | None = None,
+                       hyperv_features: str | None = None, vmware_features: str | None = None,
+                       cmdline: str | None = None, cpu: object = None) -> object:
+    """:class:`pvpatch.backends.GuestOptions` from the option values; a bad name is a usage
+    error. The guest sees MWAIT when --cpuinfo's flags say ``monitor`` (else it does not:
+    QEMU hides it by default)."""
+    from pvpatch.backends import GuestOptions, hyperv, kvm, vmware
+    from pvpatch.errors import UsageError
+
+    flags = getattr(cpu, "flags", None) or frozenset()
+    try:
+        return GuestOptions(kvm.parse_features(kvm_features), kvm.parse_hints(kvm_hints),
+                            hyperv.parse_features(hyperv_features),
+                            vmware.parse_features(vmware_features),
+                            frozenset((cmdline or "").split()), "monitor" in flags)
+    except ValueError as e:
+        raise UsageError(str(e)) from None

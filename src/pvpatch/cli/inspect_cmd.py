@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import cpu_options, image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import (
+    cpu_options,
+    guest_options,
+    image_options,
+    keep_until_exit,
+    make_guest_options,
+    say_progress,
+)
 from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.image.loader import describe_input, input_line
@@ -38,14 +45,15 @@ if TYPE_CHECKING:
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="Also resolve every op for a backend and say why it gets that target.")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
-              help="Xen: vCPUs the guest boots with.")
+              help="Xen, KVM, Hyper-V, VMware: vCPUs the guest boots with.")
+@guest_options()
 @cpu_options()
 @image_options()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/inspect.md).")
 def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tuple[str, ...],
             layout: str | None, backend: str | None, vcpus: int, cpu_spec: str | None,
             cpuinfo: str | None, system_map: str | None, btf: str | None,
-            as_json: bool) -> None:
+            as_json: bool, **guest: str | None) -> None:
     """Show the paravirt call sites of VMLINUX and where each pv op points natively.
 
     VMLINUX may also be a bzImage (/boot/vmlinuz-*): its compressed vmlinux is read, with
@@ -63,6 +71,7 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
       pvpatch inspect vmlinux --sites --op 'irq.*'
       pvpatch inspect vmlinux --sites --function 'native_flush_tlb*'
       pvpatch inspect vmlinux --backend xen --vcpus 1     every op's Xen target and why
+      pvpatch inspect vmlinux --backend kvm --kvm-features steal_time,pv_unhalt
       pvpatch inspect vmlinux-5.10 --backend native --cpu amd:15:107   and its NOP table
       pvpatch inspect vmlinux --json | jq '.ops[] | select(.native_target == "NULL")'
       pvpatch inspect vmlinux --json --sites | jq '.sites[] | select(.op == "cpu.cpuid")'
@@ -72,12 +81,13 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
         raise UsageError(f"{'--cpu' if cpu_spec else '--cpuinfo'} only means something with "
                          "--backend (the boot it plans pads with that CPU's NOPs)")
     cpu = resolve_cpu(cpu_spec, cpuinfo)
+    options = make_guest_options(**guest, cpu=cpu)
     with KernelModel.open(vmlinux, layout, system_map=system_map, btf=btf,
                           progress=say_progress()) as model:
         keep_until_exit(model)
         sites = select(model.sites.sites, ops, functions)
         static_sites = select_static(model.static_calls.sites, ops, functions)
-        be = load_backend(model, backend, vcpus) if backend else None
+        be = load_backend(model, backend, vcpus, options) if backend else None
         nops = _nops(model, cpu) if backend else None
         if as_json:
             doc = inspect_dict(model, sites, be, with_sites=list_sites,

@@ -21,6 +21,21 @@ from pvpatch.kernel.stores import Call, Effects, Store, StoreReader
 
 
 @dataclass(frozen=True)
+class Guard:
+    """A store that happens only under a run-time test *inside* its function.
+
+    The store decoder follows every path at once, so it reports the stores of both arms of
+    ``if (kvm_para_has_feature(KVM_FEATURE_STEAL_TIME)) static_call_update(pv_steal_clock,
+    kvm_steal_clock);``. A guard names the stored function (``kvm_steal_clock``) and the
+    condition the backend evaluates: a store of that value is applied only when it holds.
+    Where the store lands is still read from the code.
+    """
+
+    value: str  # the symbol whose address the store writes
+    condition: str  # a name the backend evaluates, like a Step's condition
+
+
+@dataclass(frozen=True)
 class Step:
     """One start-up function, when it runs and how the boot reaches it (for reports)."""
 
@@ -29,6 +44,7 @@ class Step:
     condition: str = "always"  # a name the backend evaluates ("vcpus>1", …)
     before_patching: bool = True  # False: runs later; only its static-call updates count
     inlined_ok: bool = True  # a static function the compiler may fold into its caller
+    guards: tuple[Guard, ...] = ()  # stores in its code (or a callee's) that need a test
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,7 @@ class Origin:
     value: int | None
     how: str  # "initialiser", or "xen_init_mmu_ops+0x3c: movq $…, …(%rip)"
     step: str | None = None  # the step whose code made the store
+    condition: str | None = None  # the step's condition and the store's guard, if any
 
 
 @dataclass
@@ -54,6 +71,8 @@ class StartupResult:
     ran: list[str] = field(default_factory=list)  # steps applied, in order
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (step, why)
     problems: list[str] = field(default_factory=list)
+    # stores not applied because their guard's condition is false: (where, value, condition)
+    guarded_off: list[tuple[str, str, str]] = field(default_factory=list)
 
     def value(self, address: int) -> Origin | None:
         return self.words.get(address)
@@ -113,7 +132,8 @@ class _Memory:
                 how = writer.how if writer else "initialiser"
                 if writer is not None and value is None:
                     how += " (a value the decoder could not follow)"
-                out[addr] = Origin(value, how, writer.step if writer else None)
+                out[addr] = Origin(value, how, writer.step if writer else None,
+                                   writer.condition if writer else None)
         return out
 
 
@@ -127,10 +147,14 @@ def run_startup(reader: StoreReader, steps: Sequence[Step], regions: Sequence[Re
         if (address := reader.image.symbols.address(name)) is not None:
             reader.not_summarised.add(address)
     done: set[str] = set()
+    guards = _GuardValues(reader, steps)
 
-    def run(step: Step, static_only: bool) -> None:
+    def holds(name: str) -> bool:
+        return conditions.get(name, name == "always")
+
+    def run(step: Step, static_only: bool, outer: tuple[str, ...] = ()) -> None:
         done.add(step.function)
-        if not conditions.get(step.condition, step.condition == "always"):
+        if not holds(step.condition):
             result.skipped.append((step.function, f"does not run: {step.condition} is false"))
             return
         effects = reader.function(step.function)
@@ -145,9 +169,10 @@ def run_startup(reader: StoreReader, steps: Sequence[Step], regions: Sequence[Re
         result.ran.append(step.function)
         result.problems.extend(effects.problems)
         only = static_only or not step.before_patching
-        _walk(effects, step, only)
+        tests = (*outer, step.condition) if step.condition != "always" else outer
+        _walk(effects, step, only, tests)
 
-    def _walk(effects: Effects, step: Step, static_only: bool) -> None:
+    def _walk(effects: Effects, step: Step, static_only: bool, tests: tuple[str, ...]) -> None:
         handled: set[int] = set()
         for ev in effects.events:
             if isinstance(ev, Call):
@@ -155,14 +180,20 @@ def run_startup(reader: StoreReader, steps: Sequence[Step], regions: Sequence[Re
                 if callee in listed:
                     handled.add(ev.target)
                     if callee not in done:
-                        run(listed[callee], static_only)
+                        run(listed[callee], static_only, tests)
                 continue
             if ev.via is not None and ev.via in handled:
                 continue  # the listed helper's own stores, applied by its step
             if ev.symbolic_address is not None:
                 continue
-            origin = Origin(None, f"{reader.image.symbols.describe(ev.at)}: {ev.how}",
-                            step.function)
+            where = f"{reader.image.symbols.describe(ev.at)}: {ev.how}"
+            guard = guards.of(ev)
+            if guard is not None and not holds(guard.condition):
+                if memory.region_of(ev.address, ev.size):
+                    result.guarded_off.append((where, guard.value, guard.condition))
+                continue
+            test = (*tests, guard.condition) if guard is not None else tests
+            origin = Origin(None, where, step.function, " and ".join(test) or None)
             memory.apply(ev, origin, static_only)
 
     for step in steps:
@@ -170,3 +201,25 @@ def run_startup(reader: StoreReader, steps: Sequence[Step], regions: Sequence[Re
             run(step, False)
     result.words = memory.words()
     return result
+
+
+class _GuardValues:
+    """Every step's guards by the address of the value they name. They are pooled: a static
+    function the compiler folds into its caller brings its guarded stores along, and the
+    guard must follow them. Absent symbols drop out: a build without the function cannot
+    store it."""
+
+    def __init__(self, reader: StoreReader, steps: Sequence[Step]) -> None:
+        self.ptr = reader.ptr
+        self.values: dict[bytes, Guard] = {}
+        for step in steps:
+            for g in step.guards:
+                address = reader.image.symbols.address(g.value)
+                if address is not None:
+                    self.values[address.to_bytes(reader.ptr, "little")] = g
+
+    def of(self, store: Store) -> Guard | None:
+        """The guard whose value this one-word store writes, if any."""
+        if not self.values or store.value is None or store.size != self.ptr:
+            return None
+        return self.values.get(bytes(store.value))

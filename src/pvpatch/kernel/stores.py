@@ -262,12 +262,16 @@ class StoreReader:
         if code is None:
             out.problems.append(f"{name}: no bytes in the file at {address:#x}")
             return out
-        raw = list(_decoder(self.bits).disasm(code, address))
-        end = raw[-1].address + raw[-1].size if raw else address
-        if end < address + size and not _padding(code[end - address:]):
-            out.problems.append(f"{name}+{end - address:#x}: bytes capstone cannot decode; "
-                                "stores after them are not seen")
-        ops = [self._op(i, address, end) for i in raw]
+        parts = [(address, code, name), *self._cold_part(name)]
+        decoded = [(a, list(_decoder(self.bits).disasm(c, a)), c, n) for a, c, n in parts]
+        ranges = []
+        for a, raw, c, n in decoded:
+            end = raw[-1].address + raw[-1].size if raw else a
+            ranges.append((a, end))
+            if end < a + len(c) and not _padding(c[end - a:]):
+                out.problems.append(f"{n}+{end - a:#x}: bytes capstone cannot decode; "
+                                    "stores after them are not seen")
+        ops = [self._op(i, ranges) for _a, raw, _c, _n in decoded for i in raw]
         entry = State()
         if args and self.bits == 64:
             for reg in ARGS64:
@@ -277,7 +281,17 @@ class StoreReader:
                 self._event(op, state, out, depth)
         return out
 
-    def _op(self, i: object, lo: int, hi: int) -> Op:
+    def _cold_part(self, name: str) -> list[tuple[int, bytes, str]]:
+        """GCC moves a function's unlikely paths to ``name.cold``, reached only by jumps
+        from the function (``if (!(hints & RECOMMENDED)) return; pv_ops.mmu.x = …`` puts
+        the stores there): it is decoded as part of the function."""
+        cold = self.image.symbols.get(f"{name}.cold")
+        if cold is None or not cold.size:
+            return []
+        code = self.image.try_read(cold.value, min(cold.size, MAX_FUNCTION))
+        return [] if code is None else [(cold.value, code, cold.name)]
+
+    def _op(self, i: object, ranges: list[tuple[int, int]]) -> Op:
         """Reduce one capstone instruction (see :class:`Op`)."""
         _, X = _capstone()
         nxt = i.address + i.size
@@ -287,7 +301,7 @@ class StoreReader:
         if X.X86_GRP_RET in groups or i.id in (X.X86_INS_UD2, X.X86_INS_INT3):
             return Op(**base, succ=(), kind="nop")
         if i.id in (X.X86_INS_CALL, X.X86_INS_JMP) or X.X86_GRP_JUMP in groups:
-            return self._branch(i, base, nxt, lo, hi)
+            return self._branch(i, base, nxt, ranges)
         ops = i.operands
         succ = (nxt,)
         rep = 0xF3 in i.prefix or 0xF2 in i.prefix
@@ -317,10 +331,10 @@ class StoreReader:
                 return Op(**base, succ=succ, kind="zero", dst=dst, event=event)
         return Op(**base, succ=succ, kind="clobber", written=self._written(i), event=event)
 
-    def _branch(self, i: object, base: dict, nxt: int, lo: int, hi: int) -> Op:
+    def _branch(self, i: object, base: dict, nxt: int, ranges: list[tuple[int, int]]) -> Op:
         _, X = _capstone()
         target = _direct_target(i, self.mask)
-        inside = target is not None and lo <= target < hi
+        inside = target is not None and any(lo <= target < hi for lo, hi in ranges)
         if i.id == X.X86_INS_CALL:
             name = self.code_name(target)
             if name in _PRESERVING:
@@ -369,6 +383,8 @@ class StoreReader:
         index = {op.address: k for k, op in enumerate(ops)}
         leaders = {0}
         for k, op in enumerate(ops):
+            if k and ops[k - 1].address + ops[k - 1].size != op.address:
+                leaders.add(k)  # a part of its own (the .cold code)
             if op.succ != (op.address + op.size,) or op.kind == "call":
                 leaders.update(index[s] for s in op.succ if s in index)
                 if k + 1 < len(ops):

@@ -148,6 +148,8 @@ def _dispatch(model: KernelModel, backend: Backend, rules: Rules, site: Site) ->
     op = _leaf(site)
     if backend.patcher == "xen_patch":
         return _xen_patch(model, backend, rules, site, res, op)
+    if backend.patcher == "lguest_patch":
+        return _lguest_patch(model, rules, site, res, op)
     if backend.patcher == "paravirt_patch_default":
         return _default(rules, site, res, op)
     return _native_patch(rules, site, res, op)
@@ -204,6 +206,33 @@ def _xen_patch(model: KernelModel, backend: Backend, rules: Rules, site: Site,
         buf[off:off + word] = (value & mask).to_bytes(word, "little")
         reason += f", its call at +{off - 1:#x} re-based by {start - site.address:#x}"
     return Step(bytes(buf[:size]), "inline-xen", reason, start, name)
+
+
+# lguest_patch() (2.6.23 arch/i386/lguest/boot.c … 4.13 arch/x86/lguest/boot.c): the
+# lguest_insns[] table maps an op to its template lgstart_<name> … lgend_<name>; an op without
+# one, or a template longer than the site, goes to paravirt_patch_default. Early releases have
+# four templates (cli, sti, popf, pushf); once irq_enable and restore_fl became asm routines
+# (lg_irq_enable, lg_restore_fl) only cli and pushf remain. Which exist is read from the image.
+LGUEST_TEMPLATES = {"irq_disable": "cli", "irq_enable": "sti", "restore_fl": "popf",
+                    "save_fl": "pushf"}
+
+
+def _lguest_patch(model: KernelModel, rules: Rules, site: Site, res: Resolution,
+                  op: str) -> Step:
+    """lguest_patch(): copy the op's template when the image has one and it fits."""
+    name = LGUEST_TEMPLATES.get(op)
+    syms = model.image.symbols
+    start = syms.address(f"lgstart_{name}") if name else None
+    end = syms.address(f"lgend_{name}") if name else None
+    if start is None or end is None:
+        return _default(rules, site, res, op)
+    size = end - start
+    if size > site.length:
+        step = _default(rules, site, res, op)
+        step.reason = f"lguest_patch: lgstart_{name} ({size} bytes) does not fit; {step.reason}"
+        return step
+    return Step(model.image.read(start, size), "inline-lguest",
+                f"lguest_patch: lgstart_{name} inlined ({size} bytes)", start, f"lgstart_{name}")
 
 
 def _insns(rules: Rules, site: Site, code: bytes | None, reason: str, note: str = "",

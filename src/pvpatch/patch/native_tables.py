@@ -143,14 +143,18 @@ class Ident:
     symbol: str
     span: Span
     code: dict[int, bytes]  # ELF class → bytes (i386: none, the value is already in eax[:edx])
+    text: dict[int, str]  # ELF class → the source's instruction (DEF_NATIVE … "mov %edi,%eax")
 
 
 IDENTS = (
-    Ident("_paravirt_ident_32", span("2.6.30", "4.19"), {32: b"", 64: bytes.fromhex("89f8")}),
-    Ident("_paravirt_ident_64", span("2.6.30", "5.12"), {32: b"", 64: bytes.fromhex("4889f8")}),
+    Ident("_paravirt_ident_32", span("2.6.30", "4.19"), {32: b"", 64: bytes.fromhex("89f8")},
+          {32: "", 64: "mov %edi,%eax"}),
+    Ident("_paravirt_ident_64", span("2.6.30", "5.12"), {32: b"", 64: bytes.fromhex("4889f8")},
+          {32: "", 64: "mov %rdi,%rax"}),
 )
 
 UD2 = bytes.fromhex("0f0b")  # start_ud2a … end_ud2a: the NULL-op patch, 2.6.22–5.12
+UD2_TEXT = "ud2"  # the source writes ud2a, which assemblers spell ud2
 CALL_LEN = JMP_LEN = 5
 
 # paravirt_patch_call: `if (tgt_clobbers & ~site_clobbers) return len;` with CLBR_ANY as the

@@ -17,6 +17,9 @@ class NopTable:
     name: str
     versions: str
     seqs: tuple[bytes, ...]  # seqs[n-1] is the n-byte NOP
+    # texts[n-1]: the n-byte NOP as the source's comment names it (nops.h writes the bytes),
+    # in AT&T syntax; tests/test_assembled.py assembles each (keystone)
+    texts: tuple[str, ...] = ()
 
     @property
     def max(self) -> int:
@@ -49,22 +52,40 @@ def _h(*seqs: str) -> tuple[bytes, ...]:
 
 P6_64 = NopTable("p6", "5.13–6.4 (64-bit; also ideal_nops on P6-class CPUs before 5.13)", _h(
     "90", "6690", "0f1f00", "0f1f4000", "0f1f440000", "660f1f440000", "0f1f8000000000",
-    "0f1f840000000000"))
+    "0f1f840000000000"), (
+    "nop", "xchg %ax,%ax", "nopl (%rax)", "nopl 0x0(%rax)", "nopl 0x0(%rax,%rax,1)",
+    "nopw 0x0(%rax,%rax,1)", "nopl 0x00000000(%rax)", "nopl 0x00000000(%rax,%rax,1)"))
 P6_64_LONG = NopTable("p6-11", "6.5+ (64-bit: ASM_NOP_MAX 11; the change lies in 6.3–6.5)",
                       P6_64.seqs + _h("2e0f1f840000000000", "662e0f1f840000000000",
-                                      "66662e0f1f840000000000"))
+                                      "66662e0f1f840000000000"),
+                      (*P6_64.texts, "cs; nopl 0x00000000(%rax,%rax,1)",
+                       "data16; cs; nopl 0x00000000(%rax,%rax,1)",
+                       "data16; data16; cs; nopl 0x00000000(%rax,%rax,1)"))
 GENERIC_32 = NopTable("generic32", "5.13–6.4 (32-bit)", _h(
     "90", "89f6", "8d7600", "8d742600", "3e8d742600", "8db600000000", "8db42600000000",
-    "3e8db42600000000"))
+    "3e8db42600000000"), (
+    "nop", "movl %esi,%esi", "leal 0x0(%esi),%esi", "leal 0x0(%esi,%eiz,1),%esi",
+    "ds; leal 0x0(%esi,%eiz,1),%esi", "leal 0x00000000(%esi),%esi",
+    "leal 0x00000000(%esi,%eiz,1),%esi", "ds; leal 0x00000000(%esi,%eiz,1),%esi"))
 K8 = NopTable("k8", "≤5.12 (chosen at boot on K8-class CPUs)", _h(
     "90", "6690", "666690", "66666690", "6666906690", "666690666690", "66666690666690",
-    "6666669066666690"))
+    "6666669066666690"), (
+    "nop", "data16; nop", "data16; data16; nop", "data16; data16; data16; nop",
+    "data16; data16; nop; data16; nop", "data16; data16; nop; data16; data16; nop",
+    "data16; data16; data16; nop; data16; data16; nop",
+    "data16; data16; data16; nop; data16; data16; data16; nop"))
 K7 = NopTable("k7", "≤5.12 (32-bit, chosen at boot on K7)", _h(
     "90", "8bc0", "8d0420", "8d442000", "8d44200090", "8d8000000000", "8d040500000000",
-    "8d04050000000090"))
+    "8d04050000000090"), (
+    "nop", "movl %eax,%eax", "leal (%eax,%eiz,1),%eax", "leal 0x0(%eax,%eiz,1),%eax",
+    "leal 0x0(%eax,%eiz,1),%eax; nop", "leal 0x00000000(%eax),%eax",
+    "leal 0x00000000(,%eax,1),%eax", "leal 0x00000000(,%eax,1),%eax; nop"))
 INTEL = NopTable("intel", "≤5.12 (32-bit GENERIC)", _h(
     "90", "89f6", "8d7600", "8d742600", "908d742600", "8db600000000", "8db42600000000",
-    "908db42600000000"))
+    "908db42600000000"), (
+    "nop", "movl %esi,%esi", "leal 0x0(%esi),%esi", "leal 0x0(%esi,%eiz,1),%esi",
+    "nop; leal 0x0(%esi,%eiz,1),%esi", "leal 0x00000000(%esi),%esi",
+    "leal 0x00000000(%esi,%eiz,1),%esi", "nop; leal 0x00000000(%esi,%eiz,1),%esi"))
 
 NOP_TABLES = {t.name: t for t in (P6_64, P6_64_LONG, GENERIC_32, K8, K7, INTEL)}
 

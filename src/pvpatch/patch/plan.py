@@ -38,7 +38,8 @@ from pvpatch.patch.static_calls import StaticCallPatch, plan_static_calls
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 
-OUTCOMES = ("direct-call", "direct-jmp", "nop", "inline-native", "inline-xen", "ud2",
+OUTCOMES = ("direct-call", "direct-jmp", "nop", "inline-native", "inline-xen", "inline-lguest",
+            "ud2",
             "bug-call", "unpatched")
 
 

@@ -51,21 +51,26 @@ class InlineForm:
     code: bytes  # its x86-64 bytes where the source was read
     versions: str
     fallback_from: tuple[int, int] | None  # without the array symbol: the version that has it
+    text: str = ""  # the instruction the array's comment names (AT&T; .byte where no
+    #                 assembler knows it)
 
 
 INLINE_FORMS = (
     InlineForm("__static_call_return0", "xor5rax", bytes.fromhex("2e2e2e31c0"),
                "cs cs cs xorl %eax,%eax: read in 6.1.192, 6.12.118, 7.3.4; not in 5.10.223",
-               (6, 1)),
+               (6, 1), "cs; cs; cs; xorl %eax,%eax"),
     InlineForm("__WARN_trap", "warninsn", bytes.fromhex("67480fb93a"),
-               "ud1 (%edx),%rdi: read in 7.3.4; not in 6.12.118", (7, 3)),
+               "ud1 (%edx),%rdi: read in 7.3.4; not in 6.12.118", (7, 3),
+               ".byte 0x67, 0x48, 0x0f, 0xb9, 0x3a"),  # keystone 0.9 has no ud1
     InlineForm("__raw_callee_save___native_queued_spin_unlock", "unlockinsn",
                bytes.fromhex("3e3ec60700"),
                "ds ds movb $0,(%rdi), with CONFIG_PARAVIRT_SPINLOCKS: read in 7.3.4 (the "
-               "release that made queued_spin_unlock a static call); not in 6.12.118", (7, 3)),
+               "release that made queued_spin_unlock a static call); not in 6.12.118", (7, 3),
+               "ds; ds; movb $0,(%rdi)"),
 )
 # retinsn[] (5.10.223–7.3.4): ret; int3 × 4 — the RET form when the CPU wants no return thunk.
 RETINSN = bytes.fromhex("c3cccccccc")
+RETINSN_TEXT = "ret; int3; int3; int3; int3"
 # Symbols whose presence says the kernel has a piece of the port (all in static_call.c).
 JCC_SUPPORT = "__static_call_return"  # the Jcc tail-call form (6.1.192+; not in 5.10.223)
 FIXUP = "__static_call_fixup"  # apply_returns' trampoline fix-up (CONFIG_*RETHUNK builds)
