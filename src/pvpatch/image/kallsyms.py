@@ -95,6 +95,14 @@ class Kallsyms:
                 f"{self.names:#x}")
 
 
+class _Tokens(NamedTuple):
+    """A located kallsyms_token_table and kallsyms_token_index (section offsets)."""
+
+    table: int
+    index: int
+    tokens: list[bytes]  # the 256 expansions
+
+
 class _Region:
     """A section's bytes with little-endian readers by section offset."""
 
@@ -127,8 +135,8 @@ def find_kallsyms(image: ElfImage) -> Kallsyms | None:
              and not s.is_exec and s.size > 4096]
     for sec in secs:
         region = _Region(image, sec)
-        for table, index, tokens in _token_tables(region):
-            found = _names(region, table, index, tokens)
+        for tt in _token_tables(region):
+            found = _names(region, tt)
             if found is not None:
                 return found
     return None
@@ -136,7 +144,7 @@ def find_kallsyms(image: ElfImage) -> Kallsyms | None:
 
 # -- 1. token table --------------------------------------------------------------------------
 
-def _token_tables(r: _Region) -> list[tuple[int, int, list[bytes]]]:
+def _token_tables(r: _Region) -> list[_Tokens]:
     out = []
     pos = r.data.find(DIGITS)
     while pos >= 0:
@@ -147,8 +155,8 @@ def _token_tables(r: _Region) -> list[tuple[int, int, list[bytes]]]:
     return out
 
 
-def _token_index_after(r: _Region, digits: int) -> tuple[int, int, list[bytes]] | None:
-    """The (table, index, tokens) whose token 0x30 is the "0" at ``digits``."""
+def _token_index_after(r: _Region, digits: int) -> _Tokens | None:
+    """The token table and index whose token 0x30 is the "0" at ``digits``."""
     data = r.data
     stop = min(r.size - 512, digits + MAX_TOKEN_TABLE)
     q = digits + len(DIGITS)
@@ -162,7 +170,7 @@ def _token_index_after(r: _Region, digits: int) -> tuple[int, int, list[bytes]] 
         if table >= 0 and _valid_index(data, table, idx, q):
             tokens = data[table:table + idx[255]].split(b"\0")[:255]
             last = data[table + idx[255]:data.index(b"\0", table + idx[255])]
-            return table, q, [*tokens, last]
+            return _Tokens(table, q, [*tokens, last])
         q += 2
     return None
 
@@ -178,15 +186,15 @@ def _valid_index(data: bytes, table: int, idx: Sequence[int], q: int) -> bool:
 
 # -- 2. names, markers, num_syms ---------------------------------------------------------------
 
-def _names(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
+def _names(r: _Region, tt: _Tokens) -> Kallsyms | None:
     widths = (4,) if r.ptr == 4 else (4, 8)
     for width in widths:  # markers right before the token table
-        markers = _markers_ending_at(r, table, width)
+        markers = _markers_ending_at(r, tt.table, width)
         if markers is not None:
-            found = _with_markers(r, markers[0], markers[1], width, table, index, tokens)
+            found = _with_markers(r, markers[0], markers[1], width, tt)
             if found is not None:
                 return found
-    return _with_seqs(r, table, index, tokens)
+    return _with_seqs(r, tt)
 
 
 def _markers_ending_at(r: _Region, end: int, width: int) -> tuple[int, list[int]] | None:
@@ -207,8 +215,8 @@ def _markers_ending_at(r: _Region, end: int, width: int) -> tuple[int, list[int]
     return None
 
 
-def _with_markers(r: _Region, start: int, markers: list[int], width: int, table: int,
-                  index: int, tokens: list[bytes]) -> Kallsyms | None:
+def _with_markers(r: _Region, start: int, markers: list[int], width: int,
+                  tt: _Tokens) -> Kallsyms | None:
     """Find num_syms and the names that end at the markers at ``start``.
 
     The names start ``markers[-1]`` bytes before the last 256-symbol block, which holds 1–256
@@ -222,7 +230,7 @@ def _with_markers(r: _Region, start: int, markers: list[int], width: int, table:
     while s >= floor:
         n = r.u32(s - r.align)
         if lo_n <= n <= hi_n:
-            found = _try_names(r, "legacy", n, s, start, markers, width, table, index, tokens)
+            found = _try_names(r, "legacy", n, s, start, markers, width, tt)
             if found is not None:
                 return found
         s -= r.align
@@ -230,11 +238,11 @@ def _with_markers(r: _Region, start: int, markers: list[int], width: int, table:
 
 
 def _try_names(r: _Region, layout: str, n: int, s: int, start: int, markers: list[int],
-               width: int, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
+               width: int, tt: _Tokens) -> Kallsyms | None:
     walk = _walk(r.data, s, n, start)
     if walk is None or walk.markers != markers or not start - r.align < walk.end <= start:
         return None
-    return _finish(r, layout, n, s - r.align, s, start, width, table, index, tokens, walk)
+    return _finish(r, layout, n, s - r.align, s, start, width, tt, walk)
 
 
 class _Records(NamedTuple):
@@ -272,7 +280,7 @@ def _walk(data: bytes, s: int, n: int, limit: int) -> _Records | None:
     return _Records(pos, [x - s for x in starts[::256]], starts, big)
 
 
-def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kallsyms | None:
+def _with_seqs(r: _Region, tt: _Tokens) -> Kallsyms | None:
     """Markers, then kallsyms_seqs_of_names (3 bytes per symbol), then the token table.
 
     Walks the aligned words down from the token table; where one is 0 it may be markers[0]:
@@ -280,7 +288,7 @@ def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kalls
     (4c bytes of markers, 3n of seqs, each padded to the alignment), which leaves at most a
     few candidates to check.
     """
-    a = r.align
+    a, table = r.align, tt.table
     first = (-r.addr) % a  # the first aligned offset
     top = table - (table - first) % 4
     words = memoryview(r.data)[first:top].cast("I")
@@ -303,14 +311,14 @@ def _with_seqs(r: _Region, table: int, index: int, tokens: list[bytes]) -> Kalls
                 markers = words[i:i + count].tolist()
                 if any(y <= x for x, y in pairwise(markers)):
                     continue
-                found = _names_of_count(r, start, markers, n, table, index, tokens)
+                found = _names_of_count(r, start, markers, n, tt)
                 if found is not None:
                     return found
     return None
 
 
-def _names_of_count(r: _Region, start: int, markers: list[int], n: int, table: int,
-                    index: int, tokens: list[bytes]) -> Kallsyms | None:
+def _names_of_count(r: _Region, start: int, markers: list[int], n: int,
+                    tt: _Tokens) -> Kallsyms | None:
     """Like :func:`_with_markers` when num_syms is known: search for its word."""
     needle = struct.pack("<I", n) + (b"\0" * (r.align - 4))
     hi = start - markers[-1]
@@ -318,8 +326,7 @@ def _names_of_count(r: _Region, start: int, markers: list[int], n: int, table: i
     pos = r.data.rfind(needle, lo, hi)
     while pos >= 0:
         if (r.addr + pos) % r.align == 0:
-            found = _try_names(r, "seqs", n, pos + r.align, start, markers, 4, table, index,
-                               tokens)
+            found = _try_names(r, "seqs", n, pos + r.align, start, markers, 4, tt)
             if found is not None:
                 return found
         pos = r.data.rfind(needle, lo, pos)
@@ -329,19 +336,19 @@ def _names_of_count(r: _Region, start: int, markers: list[int], n: int, table: i
 # -- 3. addresses and names ----------------------------------------------------------------
 
 def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, markers: int, width: int,
-            table: int, index: int, tokens: list[bytes], records: _Records) -> Kallsyms | None:
-    found = _addresses(r, n, n_at, index)
+            tt: _Tokens, records: _Records) -> Kallsyms | None:
+    found = _addresses(r, n, n_at, tt.index)
     if found is None:
         return None
     where, base, percpu, addrs, after = found
     if after and layout == "legacy":
         layout = "names-first"
-    decoded = _decode(r.data, records, tokens)
+    decoded = _decode(r.data, records, tt.tokens)
     if decoded is None:
         return None
     strtab, offsets, types = decoded
-    return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + table,
-                    r.addr + index, r.addr + where, base, percpu, strtab, offsets, addrs, types)
+    return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + tt.table,
+                    r.addr + tt.index, r.addr + where, base, percpu, strtab, offsets, addrs, types)
 
 
 def _addresses(r: _Region, n: int, n_at: int,
