@@ -16,12 +16,17 @@ a 256-entry token table. A vmlinux taken out of a bzImage has no ``.symtab`` (an
    names. The markers end right before the token table, or, where ``kallsyms_seqs_of_names``
    (3 bytes per symbol) sits between them, 3 × num_syms bytes earlier; a candidate is
    accepted only if walking num_syms names from its start reproduces every marker.
-3. **addresses**: ``kallsyms_offsets`` + ``kallsyms_relative_base`` (KALLSYMS_BASE_RELATIVE,
-   4.6+; with KALLSYMS_ABSOLUTE_PERCPU a non-negative offset is an absolute per-cpu address,
-   a negative one counts down from relative_base - 1), or ``kallsyms_addresses`` (absolute
-   pointers, before 4.6 and where base-relative is off). They sit before num_syms, or after
-   the token index; the candidate whose addresses come out sorted (scripts/kallsyms sorts by
-   address) wins.
+3. **addresses**: one of the forms in ``ADDRESS_FORMS``: ``kallsyms_offsets`` +
+   ``kallsyms_relative_base`` (KALLSYMS_BASE_RELATIVE, 4.6–6.x; with KALLSYMS_ABSOLUTE_PERCPU
+   a non-negative offset is an absolute per-cpu address, a negative one counts down from
+   relative_base - 1), ``kallsyms_addresses`` (absolute pointers, before 4.6 and where
+   base-relative is off), or, from 7.0, ``kallsyms_offsets`` alone holding place-relative
+   offsets (each entry's own address plus its signed value is the symbol's). They sit before
+   num_syms, or after the token index; the candidate whose addresses come out sorted (scripts/
+   kallsyms sorts by address) and pass the form's own check wins.
+
+Every label is aligned to ALGN (8 bytes on 64-bit, 4 on 32-bit) up to 6.x and to 4 bytes on
+every word size from 7.0 (``LABEL_ALIGNS``): on 64-bit the names' alignment tells the two apart.
 
 Supported table orders (``Kallsyms.layout``):
 
@@ -31,7 +36,9 @@ Supported table orders (``Kallsyms.layout``):
 ``seqs``           as legacy with kallsyms_seqs_of_names between markers and token_table —
                    6.2 – 6.3 upstream, and 6.1.y stable kernels (Debian 12's 6.1)
 ``names-first``    num_syms, names, markers, token_table, token_index, offsets,
-                   relative_base, seqs_of_names — 6.4 and later (Debian's 6.12)
+                   relative_base, seqs_of_names — 6.4 to 6.x (Debian's 6.12); from 7.0
+                   without relative_base, the offsets place-relative and every label
+                   4-aligned (Debian 13's 7.3)
 =================  =========================================================================
 
 Before 6.1 markers of 64-bit kernels may be 8 bytes wide; both widths are tried. Big-endian
@@ -57,6 +64,44 @@ MAX_RECORD = 0x3FFF + 2
 TYPICAL_RECORD = 256  # bytes a name record takes at most, in practice, while searching
 PROBE = 1024  # addresses checked for order before a whole candidate table is read
 DECODE_NAMES = 512  # names expanded per step (see _decode)
+ALGN = 0  # stands for the word-size alignment (8 on 64-bit, 4 on 32-bit) in the tables below
+
+# How scripts/kallsyms aligns every label (kallsyms_num_syms, _names, _markers, …), tried in
+# this order when looking for the names:
+#   ALGN  2.6.10 – 6.x: `ALGN`, .balign 8 on 64-bit and 4 on 32-bit (5.10's output_label();
+#         Debian's 6.12 still has a 4-byte gap between num_syms and the 8-aligned names)
+#   4     7.0+: `.balign 4` on every word size (7.3's output_label())
+LABEL_ALIGNS = (ALGN, 4)
+
+
+class AddressForm(NamedTuple):
+    """One way scripts/kallsyms has stored the symbols' addresses, and where."""
+
+    addressing: str  # "absolute", "base-relative" or "pc-relative" (see _READERS)
+    after_index: bool  # right after kallsyms_token_index; else right before kallsyms_num_syms
+    align: int  # of the labels around it: ALGN or 4 (LABEL_ALIGNS)
+    bits: tuple[int, ...]  # word sizes it occurs on
+    kernels: str
+    read_in: str
+
+
+# In the order tried: where two forms both read sorted addresses out of one table, the first
+# is the kernel's (a base-relative table with sparse symbols also reads sorted place-relative).
+ADDRESS_FORMS = (
+    AddressForm("base-relative", False, ALGN, (32, 64), "4.6 – 6.3",
+                "5.10 scripts/kallsyms.c write_src(): offsets, relative_base, num_syms"),
+    AddressForm("absolute", False, ALGN, (32, 64), "2.6.10 – 4.5; 4.6 – 6.3 without "
+                "KALLSYMS_BASE_RELATIVE", "5.10 write_src(): kallsyms_addresses, PTR each"),
+    AddressForm("base-relative", True, ALGN, (32, 64), "6.4 – 6.x",
+                "Debian 6.12's tables: token_index, offsets, relative_base, seqs_of_names"),
+    AddressForm("absolute", True, ALGN, (32, 64), "6.4 – 6.x without KALLSYMS_BASE_RELATIVE",
+                "as the 6.4 base-relative form, with kallsyms_addresses"),
+    AddressForm("pc-relative", True, 4, (32, 64), "7.0+ (vmlinux-to-elf issue #96: 7.0, "
+                "commit a081b5789255)", "7.3 scripts/kallsyms.c write_src() --pc-relative: "
+                "`.long _text - . + offset`; kernel/kallsyms.c kallsyms_sym_address()"),
+    AddressForm("absolute", True, 4, (32,), "7.0+, 32-bit without RELOCATABLE",
+                "7.3 kallsyms_sym_address(): the u32 value itself"),
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +116,10 @@ class Kallsyms:
     token_table: int
     token_index: int
     addresses: int  # kallsyms_offsets or kallsyms_addresses
-    relative_base: int | None  # None: absolute addresses
+    relative_base: int | None  # None: absolute or place-relative addresses
     absolute_percpu: bool
+    addressing: str  # AddressForm.addressing: absolute, base-relative or pc-relative
+    label_align: int  # the tables' label alignment in bytes (LABEL_ALIGNS)
     # the symbols in table order (by address), as columns: strtab holds "\0Tname\0tname…"
     strtab: bytes
     name_offsets: list[int]  # of each name in strtab, past its type letter
@@ -89,8 +136,9 @@ class Kallsyms:
         return out
 
     def describe(self) -> str:
-        how = "absolute addresses" if self.relative_base is None else (
-            "base-relative offsets" + (", absolute per-cpu" if self.absolute_percpu else ""))
+        how = {"absolute": "absolute addresses", "pc-relative": "place-relative offsets",
+               "base-relative": "base-relative offsets"}[self.addressing]
+        how += ", absolute per-cpu" if self.absolute_percpu else ""
         return (f"{self.num_syms} symbols, {self.layout} layout, {how}, names at "
                 f"{self.names:#x}")
 
@@ -106,12 +154,16 @@ class _Tokens(NamedTuple):
 class _Region:
     """A section's bytes with little-endian readers by section offset."""
 
-    def __init__(self, image: ElfImage, sec: Section) -> None:
+    def __init__(self, image: ElfImage, sec: Section, span: tuple[int, int]) -> None:
         self.data = bytes(image.section_data(sec))
         self.addr = sec.addr
         self.size = len(self.data)
         self.ptr = image.ptr_size
-        self.align = 8 if image.bits == 64 else 4
+        self.bits = image.bits
+        self.mask = (1 << image.bits) - 1
+        self.align = 8 if image.bits == 64 else 4  # ALGN
+        self.label_aligns = tuple(dict.fromkeys(map(self.alignment, LABEL_ALIGNS)))
+        self.span = span  # the lowest and highest address of the image's allocated sections
 
     def u16(self, off: int) -> int:
         return struct.unpack_from("<H", self.data, off)[0]
@@ -122,9 +174,13 @@ class _Region:
     def word(self, off: int, width: int) -> int:
         return int.from_bytes(self.data[off:off + width], "little")
 
-    def up(self, off: int) -> int:
-        """``off`` rounded up to the table alignment (ALGN: 8 on 64-bit, 4 on 32-bit)."""
-        a = self.align
+    def alignment(self, align: int) -> int:
+        """Bytes of a LABEL_ALIGNS entry on this word size."""
+        return align or self.align
+
+    def up(self, off: int, align: int = ALGN) -> int:
+        """``off`` rounded up to ``align`` (by default ALGN: 8 on 64-bit, 4 on 32-bit)."""
+        a = self.alignment(align)
         return off + (-(self.addr + off) % a)
 
 
@@ -133,13 +189,22 @@ def find_kallsyms(image: ElfImage) -> Kallsyms | None:
     secs = [s for s in image.sections if s.name == ".rodata" and s.has_file_data]
     secs += [s for s in image.sections if s not in secs and s.is_alloc and s.has_file_data
              and not s.is_exec and s.size > 4096]
+    span = _span(image)
     for sec in secs:
-        region = _Region(image, sec)
+        region = _Region(image, sec, span)
         for tt in _token_tables(region):
             found = _names(region, tt)
             if found is not None:
                 return found
     return None
+
+
+def _span(image: ElfImage) -> tuple[int, int]:
+    """From the lowest allocated address to the end of the highest allocated section."""
+    secs = [s for s in image.sections if s.is_alloc and s.size and s.addr]
+    if not secs:
+        return (0, -1)
+    return min(s.addr for s in secs), max(s.addr + s.size for s in secs)
 
 
 # -- 1. token table --------------------------------------------------------------------------
@@ -217,32 +282,46 @@ def _markers_ending_at(r: _Region, end: int, width: int) -> tuple[int, list[int]
 
 def _with_markers(r: _Region, start: int, markers: list[int], width: int,
                   tt: _Tokens) -> Kallsyms | None:
-    """Find num_syms and the names that end at the markers at ``start``.
+    """Find num_syms and the names that end at the markers at ``start``, with the labels at
+    each alignment of LABEL_ALIGNS in turn."""
+    for align in r.label_aligns:
+        found = _names_aligned(r, align, start, markers, width, tt)
+        if found is not None:
+            return found
+    return None
+
+
+def _names_aligned(r: _Region, align: int, start: int, markers: list[int], width: int,
+                   tt: _Tokens) -> Kallsyms | None:
+    """:func:`_with_markers` for labels aligned to ``align`` bytes.
 
     The names start ``markers[-1]`` bytes before the last 256-symbol block, which holds 1–256
-    records of at least 2 bytes; num_syms is the aligned word before the names.
+    records of at least 2 bytes; num_syms is the 4-byte word one alignment before the names
+    (ALGN 8 leaves 4 bytes of padding after it).
     """
     count = len(markers)
     lo_n, hi_n = 256 * (count - 1) + 1, 256 * count
     s = start - markers[-1] - 2
-    s -= (r.addr + s) % r.align
-    floor = max(r.align, start - markers[-1] - TYPICAL_RECORD * 256)
+    s -= (r.addr + s) % align
+    floor = max(align, start - markers[-1] - TYPICAL_RECORD * 256)
     while s >= floor:
-        n = r.u32(s - r.align)
+        n = r.u32(s - align)
         if lo_n <= n <= hi_n:
-            found = _try_names(r, "legacy", n, s, start, markers, width, tt)
+            found = _try_names(r, "legacy", n, s, start, markers, width, tt, align)
             if found is not None:
                 return found
-        s -= r.align
+        s -= align
     return None
 
 
 def _try_names(r: _Region, layout: str, n: int, s: int, start: int, markers: list[int],
-               width: int, tt: _Tokens) -> Kallsyms | None:
+               width: int, tt: _Tokens, align: int) -> Kallsyms | None:
+    """The tables if ``n`` names from ``s`` reproduce ``markers`` and end where the markers'
+    label (aligned to ``align``) starts."""
     walk = _walk(r.data, s, n, start)
-    if walk is None or walk.markers != markers or not start - r.align < walk.end <= start:
+    if walk is None or walk.markers != markers or not start - align < walk.end <= start:
         return None
-    return _finish(r, layout, n, s - r.align, s, start, width, tt, walk)
+    return _finish(r, layout, n, s - align, s, start, width, tt, walk, align)
 
 
 class _Records(NamedTuple):
@@ -326,7 +405,7 @@ def _names_of_count(r: _Region, start: int, markers: list[int], n: int,
     pos = r.data.rfind(needle, lo, hi)
     while pos >= 0:
         if (r.addr + pos) % r.align == 0:
-            found = _try_names(r, "seqs", n, pos + r.align, start, markers, 4, tt)
+            found = _try_names(r, "seqs", n, pos + r.align, start, markers, 4, tt, r.align)
             if found is not None:
                 return found
         pos = r.data.rfind(needle, lo, pos)
@@ -336,56 +415,116 @@ def _names_of_count(r: _Region, start: int, markers: list[int], n: int,
 # -- 3. addresses and names ----------------------------------------------------------------
 
 def _finish(r: _Region, layout: str, n: int, n_at: int, names: int, markers: int, width: int,
-            tt: _Tokens, records: _Records) -> Kallsyms | None:
-    found = _addresses(r, n, n_at, tt.index)
+            tt: _Tokens, records: _Records, align: int) -> Kallsyms | None:
+    found = _addresses(r, n, n_at, tt.index, align)
     if found is None:
         return None
-    where, base, percpu, addrs, after = found
-    if after and layout == "legacy":
+    if found.form.after_index and layout == "legacy":
         layout = "names-first"
     decoded = _decode(r.data, records, tt.tokens)
     if decoded is None:
         return None
     strtab, offsets, types = decoded
     return Kallsyms(layout, n, r.addr + names, r.addr + markers, width, r.addr + tt.table,
-                    r.addr + tt.index, r.addr + where, base, percpu, strtab, offsets, addrs, types)
+                    r.addr + tt.index, r.addr + found.where, found.base, found.percpu,
+                    found.form.addressing, align, strtab, offsets, found.addrs, types)
 
 
-def _addresses(r: _Region, n: int, n_at: int,
-               index: int) -> tuple[int, int | None, bool, list[int], bool] | None:
-    """(where, relative_base, absolute_percpu, addresses, after the token index)."""
-    a, ptr = r.align, r.ptr
-    cands: list[tuple[int, int | None, bool]] = []
-    # before num_syms: offsets, relative_base | addresses
-    rb_at = n_at - ptr
-    off_at = rb_at - 4 * n
-    off_at -= (r.addr + off_at) % a
-    cands.append((off_at, rb_at, False))
-    cands.append((n_at - ptr * n, None, False))
-    # after the token index: offsets, relative_base | addresses
-    off_at = r.up(index + 512)
-    cands.append((off_at, r.up(off_at + 4 * n), True))
-    cands.append((r.up(index + 512), None, True))
-    for where, rb_at_, after in cands:
-        if where < 0:
+class _Addresses(NamedTuple):
+    """The address table found, and how it was read."""
+
+    form: AddressForm
+    where: int  # section offset of kallsyms_offsets / kallsyms_addresses
+    base: int | None  # kallsyms_relative_base
+    percpu: bool  # KALLSYMS_ABSOLUTE_PERCPU
+    addrs: list[int]
+
+
+def _addresses(r: _Region, n: int, n_at: int, index: int, align: int) -> _Addresses | None:
+    """The first of ADDRESS_FORMS whose labels are aligned like the names (``align``) and
+    whose table, where that form puts it, reads as sorted addresses that pass its check."""
+    tried = set()
+    for form in ADDRESS_FORMS:
+        if r.alignment(form.align) != align or r.bits not in form.bits:
             continue
-        if rb_at_ is None:
-            if where + ptr * n > r.size:
-                continue
-            fmt = "Q" if ptr == 8 else "I"
-            if not _sorted(list(struct.unpack_from(f"<{min(n, PROBE)}{fmt}", r.data, where))):
-                continue  # not sorted from the start: no need to read all n
-            addrs = list(struct.unpack_from(f"<{n}{fmt}", r.data, where))
-            if _sorted(addrs) and addrs[-1]:
-                return where, None, False, addrs, after
-            continue
-        if rb_at_ + ptr > r.size or where + 4 * n > r.size:
-            continue
-        base = r.word(rb_at_, ptr)
-        found = _relative(r.data, where, n, base, (1 << (8 * ptr)) - 1)
+        where, base_at = _table_at(r, form, n, n_at, index)
+        if (form.addressing, where) in tried or where < 0:
+            continue  # on 32-bit ALGN is 4: a 6.x and a 7.0 form may coincide
+        tried.add((form.addressing, where))
+        found = _read(r, form, where, base_at, n)
         if found is not None:
-            return where, base, found[0], found[1], after
+            return found
     return None
+
+
+def _table_at(r: _Region, form: AddressForm, n: int, n_at: int,
+              index: int) -> tuple[int, int | None]:
+    """(the address table, kallsyms_relative_base or None) where ``form`` puts them."""
+    if form.after_index:
+        where = r.up(index + 512, form.align)
+        relative = form.addressing == "base-relative"
+        return where, r.up(where + 4 * n, form.align) if relative else None
+    if form.addressing == "base-relative":
+        base_at = n_at - r.ptr
+        where = base_at - 4 * n
+        return where - (r.addr + where) % r.alignment(form.align), base_at
+    return n_at - r.ptr * n, None
+
+
+def _read(r: _Region, form: AddressForm, where: int, base_at: int | None,
+          n: int) -> _Addresses | None:
+    """The ``n`` addresses of the table at ``where`` read as ``form``, if they pass."""
+    if form.addressing == "absolute":
+        addrs = _absolute(r, where, n)
+        return None if addrs is None else _Addresses(form, where, None, False, addrs)
+    if form.addressing == "pc-relative":
+        addrs = _pc_relative(r, where, n)
+        return None if addrs is None else _Addresses(form, where, None, False, addrs)
+    assert base_at is not None
+    if base_at + r.ptr > r.size or where + 4 * n > r.size:
+        return None
+    base = r.word(base_at, r.ptr)
+    found = _relative(r.data, where, n, base, r.mask)
+    return None if found is None else _Addresses(form, where, base, found[0], found[1])
+
+
+def _absolute(r: _Region, where: int, n: int) -> list[int] | None:
+    """kallsyms_addresses: a pointer per symbol (a u32 on 7.0+ 32-bit non-relocatable)."""
+    if where + r.ptr * n > r.size:
+        return None
+    fmt = "Q" if r.ptr == 8 else "I"
+    if not _sorted(list(struct.unpack_from(f"<{min(n, PROBE)}{fmt}", r.data, where))):
+        return None  # not sorted from the start: no need to read all n
+    addrs = list(struct.unpack_from(f"<{n}{fmt}", r.data, where))
+    return addrs if _sorted(addrs) and addrs[-1] else None
+
+
+def _pc_relative(r: _Region, where: int, n: int) -> list[int] | None:
+    """7.0+ kallsyms_offsets: each entry's own address plus its signed value.
+
+    No base word to check here, so the addresses must also all lie in the image's allocated
+    sections (7.0+ keeps no absolute symbols): a base-relative or absolute table read this
+    way is shifted by the table's own address, out of the image or past its end.
+    """
+    if where + 4 * n > r.size:
+        return None
+    place = r.addr + where
+    head = struct.unpack_from(f"<{min(n, PROBE)}i", r.data, where)
+    if not _sorted(_from_places(head, place, r.mask)):
+        return None
+    addrs = _from_places(struct.unpack_from(f"<{n}i", r.data, where), place, r.mask)
+    lo, hi = r.span
+    if not _sorted(addrs) or addrs[0] < lo or addrs[-1] > hi:
+        return None
+    return addrs
+
+
+def _from_places(raw: Sequence[int], place: int, mask: int) -> list[int]:
+    """``raw[i]`` plus its own address ``place + 4i`` (added in C; wrapped on 32-bit)."""
+    values = list(map(add, raw, range(place, place + 4 * len(raw), 4)))
+    if values and (min(values) < 0 or max(values) > mask):
+        return [v & mask for v in values]
+    return values
 
 
 def _relative(data: bytes, where: int, n: int, base: int,
@@ -410,6 +549,7 @@ def _relative(data: bytes, where: int, n: int, base: int,
             if _sorted(values):
                 return percpu, values
     return None
+
 
 
 def _plus_base(raw: Sequence[int], base: int, mask: int) -> list[int]:
