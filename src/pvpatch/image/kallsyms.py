@@ -530,7 +530,7 @@ def _from_places(raw: Sequence[int], place: int, mask: int) -> list[int]:
 def _relative(data: bytes, where: int, n: int, base: int,
               mask: int) -> tuple[bool, list[int]] | None:
     """(absolute per-cpu, addresses) of the ``n`` kallsyms_offsets at ``where``, if they
-    come out sorted.
+    come out sorted and the base is a symbol's (:func:`_base_is_first`).
 
     All offsets non-negative: each is relative to the base. Otherwise KALLSYMS_ABSOLUTE_PERCPU
     (negative ones count down from base - 1), else offsets of 2 GiB and more. Most candidate
@@ -546,10 +546,21 @@ def _relative(data: bytes, where: int, n: int, base: int,
     for percpu, read in fits:
         if read in allowed:
             values = read(raw, base, mask)
-            if _sorted(values):
+            if _sorted(values) and _base_is_first(raw, percpu):
                 return percpu, values
     return None
 
+
+def _base_is_first(raw: Sequence[int], percpu: bool) -> bool:
+    """Whether kallsyms_relative_base is where scripts/kallsyms puts it: the address of the
+    first symbol that is not absolute (5.10's record_relative_base(); 4.6 – 6.x), whose
+    offset is then 0, or -1 with absolute per-cpu. A 7.0 place-relative table whose symbols
+    happen to be 4+ bytes apart also reads sorted with any word taken for a base; this
+    tells it apart."""
+    if not percpu:
+        return raw[0] == 0
+    first_negative = next(compress(raw, map(lt, raw, repeat(0))), None)
+    return first_negative == -1
 
 
 def _plus_base(raw: Sequence[int], base: int, mask: int) -> list[int]:
