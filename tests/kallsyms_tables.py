@@ -32,7 +32,9 @@ ERAS = {
     "seqs": Era("seqs", "base-relative", True, True, 4, "ALGN"),  # 6.1.y stable, 6.2–6.3
     "names-first": Era("names-first", "base-relative", True, True, 4, "ALGN"),  # 6.4–6.x
     "pc-relative": Era("names-first", "pc-relative", False, True, 4, 4),  # 7.0+
+    "absolute-7.0": Era("names-first", "absolute", False, True, 4, 4),  # 7.0+ 32-bit !RELOCATABLE
 }
+ONLY_32 = {"absolute-7.0"}  # eras that exist on 32-bit kernels only
 
 
 @dataclass

@@ -6,7 +6,16 @@ import struct
 
 import pytest
 from click.testing import CliRunner
-from kallsyms_tables import ERAS, TEXT64, Sym, kernel_with_kallsyms, symbols, write_elf
+from kallsyms_tables import (
+    ERAS,
+    ONLY_32,
+    TEXT32,
+    TEXT64,
+    Sym,
+    kernel_with_kallsyms,
+    symbols,
+    write_elf,
+)
 
 from pvpatch.cli import cli
 from pvpatch.image import layouts as L
@@ -14,13 +23,17 @@ from pvpatch.image.elf import ElfImage
 from pvpatch.image.kallsyms import find_kallsyms
 
 EXPECTED_LAYOUT = {"absolute": "legacy", "relative": "legacy", "big-names": "legacy",
-                   "seqs": "seqs", "names-first": "names-first", "pc-relative": "names-first"}
-# 7.0+ tables at an 8-aligned address too: 4-aligned labels, not ALGN, on 64-bit as well
-SHIFTS = [(era, 0) for era in ERAS] + [("pc-relative", 4)]
+                   "seqs": "seqs", "names-first": "names-first", "pc-relative": "names-first",
+                   "absolute-7.0": "names-first"}
+# every era on both word sizes (some only exist on 32-bit), and the 7.0+ tables at an
+# 8-aligned address too: their labels are 4-aligned, not ALGN, on 64-bit as well
+CASES = [(era, shift, bits) for bits in (64, 32) for era in ERAS
+         for shift in ((0, 4) if ERAS[era].align == 4 else (0,))
+         if bits == 32 or era not in ONLY_32]
 
 
-@pytest.mark.parametrize("bits", [64, 32])
-@pytest.mark.parametrize(("era", "shift"), SHIFTS, ids=[f"{e}+{s}" for e, s in SHIFTS])
+@pytest.mark.parametrize(("era", "shift", "bits"), CASES,
+                         ids=[f"{e}+{s}-{b}" for e, s, b in CASES])
 def test_every_symbol_is_recovered(tmp_path, era, shift, bits):
     path = tmp_path / "vmlinux"
     syms, labels = kernel_with_kallsyms(str(path), bits, era, shift=shift)
@@ -87,6 +100,18 @@ def test_pc_relative_with_aliases(tmp_path, bits):
         assert found is not None and found.addressing == "pc-relative"
         assert [a for _n, a, _t in found.symbols] == [s.addr for s in syms if s.type != "A"]
         assert image.symbols.get("_stext").value == image.section(".text").addr
+
+
+def test_pc_relative_32_bit_code_only(tmp_path):
+    """32-bit, only code symbols, all below the table and 4+ bytes apart: read as absolute
+    u32s the offsets (all negative) come out sorted too; the place-relative reading, whose
+    addresses land in the image, is tried first and is the one taken."""
+    syms = [s for s in symbols(32) if s.addr < TEXT32 + 0x100000]
+    kernel_with_kallsyms(str(tmp_path / "k"), 32, "pc-relative", syms)
+    with ElfImage(tmp_path / "k") as image:
+        found = find_kallsyms(image)
+        assert found is not None and found.addressing == "pc-relative"
+        assert found.addrs == [s.addr for s in syms]
 
 
 def change_offset(path, labels: dict[str, int], index: int, delta: int) -> None:

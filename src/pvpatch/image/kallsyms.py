@@ -77,7 +77,7 @@ LABEL_ALIGNS = (ALGN, 4)
 class AddressForm(NamedTuple):
     """One way scripts/kallsyms has stored the symbols' addresses, and where."""
 
-    addressing: str  # "absolute", "base-relative" or "pc-relative" (see _READERS)
+    addressing: str  # "absolute", "base-relative" or "pc-relative" (see _read)
     after_index: bool  # right after kallsyms_token_index; else right before kallsyms_num_syms
     align: int  # of the labels around it: ALGN or 4 (LABEL_ALIGNS)
     bits: tuple[int, ...]  # word sizes it occurs on
@@ -85,8 +85,11 @@ class AddressForm(NamedTuple):
     read_in: str
 
 
-# In the order tried: where two forms both read sorted addresses out of one table, the first
-# is the kernel's (a base-relative table with sparse symbols also reads sorted place-relative).
+# In the order tried. On 64-bit the names' alignment leaves either the ALGN forms or the 4-byte
+# ones; on 32-bit ALGN is 4 and the forms after the token index share one place, so the
+# order and each form's check decide: base-relative first (its base must be its first
+# symbol), place-relative next (its addresses must lie in the image, which neither a
+# base-relative nor an absolute table read this way does), absolute (only sorted) last.
 ADDRESS_FORMS = (
     AddressForm("base-relative", False, ALGN, (32, 64), "4.6 – 6.3",
                 "5.10 scripts/kallsyms.c write_src(): offsets, relative_base, num_syms"),
@@ -94,11 +97,12 @@ ADDRESS_FORMS = (
                 "KALLSYMS_BASE_RELATIVE", "5.10 write_src(): kallsyms_addresses, PTR each"),
     AddressForm("base-relative", True, ALGN, (32, 64), "6.4 – 6.x",
                 "Debian 6.12's tables: token_index, offsets, relative_base, seqs_of_names"),
+    AddressForm("pc-relative", True, 4, (32, 64), "7.0+ (vmlinux-to-elf issue #96: 7.0, "
+                "commit a081b5789255)", "7.3 scripts/kallsyms.c write_src() with --pc-relative: "
+                "each entry the distance from itself to the symbol; kernel/kallsyms.c "
+                "kallsyms_sym_address() adds it to the entry's address"),
     AddressForm("absolute", True, ALGN, (32, 64), "6.4 – 6.x without KALLSYMS_BASE_RELATIVE",
                 "as the 6.4 base-relative form, with kallsyms_addresses"),
-    AddressForm("pc-relative", True, 4, (32, 64), "7.0+ (vmlinux-to-elf issue #96: 7.0, "
-                "commit a081b5789255)", "7.3 scripts/kallsyms.c write_src() --pc-relative: "
-                "`.long _text - . + offset`; kernel/kallsyms.c kallsyms_sym_address()"),
     AddressForm("absolute", True, 4, (32,), "7.0+, 32-bit without RELOCATABLE",
                 "7.3 kallsyms_sym_address(): the u32 value itself"),
 )
