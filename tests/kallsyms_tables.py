@@ -2,7 +2,8 @@
 
 Written from the table formats described in pvpatch/image/kallsyms.py: a token table whose
 single-character tokens sit at their own byte value, names encoded greedily with it, the
-arrays laid out in the order of each era with every label aligned (ALGN).
+arrays laid out in the order of each era with every label aligned (ALGN up to 6.x, 4 bytes
+from 7.0).
 """
 
 from __future__ import annotations
@@ -10,16 +11,30 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 TEXT64, TEXT32 = 0xFFFFFFFF81000000, 0xC1000000
 
-ERAS = {  # name → (table order, base-relative, absolute per-cpu, 2-byte names, markers width)
-    "absolute": ("legacy", False, False, False, "ptr"),  # 2.6.10–4.5
-    "relative": ("legacy", True, False, False, 4),  # 4.6–6.0
-    "big-names": ("legacy", True, True, True, 4),  # 6.1
-    "seqs": ("seqs", True, True, True, 4),  # 6.1.y stable, 6.2–6.3
-    "names-first": ("names-first", True, True, True, 4),  # 6.4+
+
+class Era(NamedTuple):
+    order: str  # legacy, seqs or names-first (Kallsyms.layout)
+    addressing: str  # absolute, base-relative or pc-relative (Kallsyms.addressing)
+    percpu: bool  # KALLSYMS_ABSOLUTE_PERCPU (x86-64 only)
+    big: bool  # 2-byte name lengths
+    mwidth: int | str  # markers width: 4 or "ptr"
+    align: int | str  # label alignment: "ALGN" (8 on 64-bit, 4 on 32-bit) or 4
+
+
+ERAS = {
+    "absolute": Era("legacy", "absolute", False, False, "ptr", "ALGN"),  # 2.6.10–4.5
+    "relative": Era("legacy", "base-relative", False, False, 4, "ALGN"),  # 4.6–6.0
+    "big-names": Era("legacy", "base-relative", True, True, 4, "ALGN"),  # 6.1
+    "seqs": Era("seqs", "base-relative", True, True, 4, "ALGN"),  # 6.1.y stable, 6.2–6.3
+    "names-first": Era("names-first", "base-relative", True, True, 4, "ALGN"),  # 6.4–6.x
+    "pc-relative": Era("names-first", "pc-relative", False, True, 4, 4),  # 7.0+
+    "absolute-7.0": Era("names-first", "absolute", False, True, 4, 4),  # 7.0+ 32-bit !RELOCATABLE
 }
+ONLY_32 = {"absolute-7.0"}  # eras that exist on 32-bit kernels only
 
 
 @dataclass
@@ -87,7 +102,8 @@ class _Out:
 
 def tables(syms: list[Sym], bits: int, era: str, base: int) -> tuple[bytes, dict[str, int]]:
     """The kallsyms blob as scripts/kallsyms of ``era`` lays it out at address ``base``."""
-    order, relative, percpu, big, mwidth = ERAS[era]
+    order, addressing, percpu, big, mwidth, align = ERAS[era]
+    relative = addressing == "base-relative"
     percpu = percpu and bits == 64  # KALLSYMS_ABSOLUTE_PERCPU: x86-64 SMP only
     ptr = bits // 8
     pfmt = "<Q" if ptr == 8 else "<I"
@@ -98,10 +114,12 @@ def tables(syms: list[Sym], bits: int, era: str, base: int) -> tuple[bytes, dict
     encoded = [encode(x, tokens) for x in full]
     rel_base = min(s.addr for s in syms if s.type != "A") if relative else 0
 
-    def offsets() -> bytes:
+    def offsets(at: int) -> bytes:
         vals = []
-        for s in syms:
-            if not relative:
+        for i, s in enumerate(syms):
+            if addressing == "pc-relative":  # 7.0+: minus the entry's own address
+                vals.append(struct.pack("<i", s.addr - (at + 4 * i)))
+            elif not relative:
                 vals.append(struct.pack(pfmt, s.addr))
             elif percpu and s.type == "A":
                 vals.append(struct.pack("<i", s.addr))
@@ -129,18 +147,20 @@ def tables(syms: list[Sym], bits: int, era: str, base: int) -> tuple[bytes, dict
         index.append(off)
         off += len(t) + 1
 
-    out = _Out(base, 8 if bits == 64 else 4)
+    out = _Out(base, 8 if bits == 64 and align == "ALGN" else 4)
 
     def put(label: str, data: bytes) -> None:
         out.label(label)
         out.buf += data
 
     def addresses() -> None:
-        put("kallsyms_offsets" if relative else "kallsyms_addresses", offsets())
+        label = "kallsyms_addresses" if addressing == "absolute" else "kallsyms_offsets"
+        out.label(label)
+        out.buf += offsets(out.labels[label])
         if relative:
             put("kallsyms_relative_base", struct.pack(pfmt, rel_base))
 
-    num = struct.pack("<I", n) if relative else struct.pack(pfmt, n)
+    num = struct.pack(pfmt, n) if addressing == "absolute" else struct.pack("<I", n)
     if order != "names-first":
         addresses()
     put("kallsyms_num_syms", num)
@@ -205,17 +225,22 @@ def write_elf(path: str, bits: int, sections: list[tuple[str, int, int, bytes]])
         f.write(eh + phdrs + body + shdrs)
 
 
-def kernel_with_kallsyms(path: str, bits: int, era: str,
-                         syms: list[Sym] | None = None) -> tuple[list[Sym], dict[str, int]]:
-    """Write a stripped kernel-like ELF whose .rodata holds ``era``'s tables for ``syms``."""
+def kernel_with_kallsyms(path: str, bits: int, era: str, syms: list[Sym] | None = None,
+                         shift: int = 0) -> tuple[list[Sym], dict[str, int]]:
+    """Write a stripped kernel-like ELF whose .rodata holds ``era``'s tables for ``syms``.
+
+    The tables start 8-aligned, plus ``shift`` bytes (4: a 4-aligned 7.0 table whose names
+    are 8-aligned, which ALGN would not put there)."""
     text = TEXT64 if bits == 64 else TEXT32
-    syms = syms if syms is not None else symbols(bits, long_name=ERAS[era][3])
-    if ERAS[era][1] and not ERAS[era][2]:  # base-relative without absolute per-cpu
+    e = ERAS[era]
+    syms = syms if syms is not None else symbols(bits, long_name=e.big)
+    if e.addressing != "absolute" and not e.percpu:  # no absolute per-cpu symbols
         syms = [s for s in syms if s.type != "A"]
     rodata = text + 0x100000
     lead = bytes(range(1, 200)) * 4  # other read-only data before the tables
-    blob, labels = tables(syms, bits, era, rodata + len(lead) + (-len(lead) % 8))
-    ro = lead + b"\0" * (-len(lead) % 8) + blob + b"tail of .rodata\0" * 4
+    lead += b"\0" * (-len(lead) % 8 + shift)
+    blob, labels = tables(syms, bits, era, rodata + len(lead))
+    ro = lead + blob + b"tail of .rodata\0" * 4
     write_elf(path, bits, [(".text", 6, text, b"\xcc" * 0x10000),
                            (".rodata", 2, rodata, ro),
                            (".data", 3, text + 0x200000, b"\x11" * 0x1000)])
