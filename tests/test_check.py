@@ -208,8 +208,9 @@ def test_json_report_follows_the_documented_schema(tmp_path):
     assert r.returncode == 1 and r.stdout.startswith("pvpatch check: FAIL") and str(out) in r.stdout
     d = json.loads(out.read_text())
     assert d["schema"] == "pvpatch.check/1" and d["failed"] is True
-    assert set(d) == {"schema", "input", "kernel", "backends", "notes", "checked", "fail_on",
-                      "baseline", "counts", "failed", "checks", "findings"}
+    assert set(d) == {"schema", "input", "kernel", "machine", "build_id", "backends", "notes",
+                      "checked", "fail_on", "baseline", "counts", "failed", "checks",
+                      "findings"}
     assert d["counts"] == {"error": 1, "warning": 1, "new": 2, "known": 0, "failing": 1}
     f = d["findings"][0]
     assert f == {"check": "clobber.violation", "family": "clobber", "severity": "error",

@@ -53,6 +53,8 @@ class CheckRun:
     findings: list[Finding] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    machine: str | None = None
+    build_id: str | None = None
 
 
 def parse_backends(text: str | None) -> tuple[tuple[str, ...], bool]:
@@ -86,7 +88,8 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     """Every family for ``names``. Without ``explicit``, a backend the image cannot have
     (Xen PV on a kernel built without it) is skipped with a note instead of an error."""
     ctx = Context(model, model.alternatives)  # the table the sites were read with (6.8+)
-    run = CheckRun(model.image.path, model.version.release, [])
+    run = CheckRun(model.image.path, model.version.release, [],
+                   machine=model.image.machine, build_id=model.image.build_id)
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
     # (rank in the report, unit): the image-wide checks, each backend, the Xen notes

@@ -92,6 +92,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             report = None
             if as_json or rep:
                 report = plan_dict(p, bits, {"input": vmlinux, "output": target,
+                                             "build_id": model.image.build_id,
                                              "relocations": "kept as built (docs/apply.md)",
                                              "input_format": describe_input(model.image),
                                              "output_format": "ELF vmlinux"})

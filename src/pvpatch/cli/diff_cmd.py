@@ -53,10 +53,11 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, system_ma
                                  patched)
             patches.append(observe(model.image, s, before, after))
         bits = model.image.bits
+        ids = {"build_id": model.image.build_id, "patched_build_id": other.build_id}
     counts = Counter(p.outcome for p in patches)
     if as_json:
         click.echo(json.dumps({
-            "schema": "pvpatch.diff/1", "original": original, "patched": patched,
+            "schema": "pvpatch.diff/1", "original": original, "patched": patched, **ids,
             "counts": dict(counts), "changed_sites": sum(p.changed for p in patches),
             "ops": {op: dict(c) for op, c in sorted(per_op(patches).items())},
             "sites": [patch_dict(p, bits) for p in patches]}))

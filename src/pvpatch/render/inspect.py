@@ -75,6 +75,7 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "schema": SCHEMA,
         "file": model.image.path,
         "machine": model.image.machine,
+        "build_id": model.image.build_id,
         "kernel": {"release": v.release, "version": v.short, "distro": v.distro,
                    "banner": v.banner, "source": v.source},
         "patch_era": _era_dict(model),
@@ -126,6 +127,7 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     if k["distro"]:
         kernel += f" ({k['distro']})"
     lines.append(f"  kernel    {kernel}, {d['machine']}  [from {k['source']}]")
+    lines.append(f"  build-id  {d['build_id'] or 'none (no NT_GNU_BUILD_ID note)'}")
     lines.append(f"  pv table  {d['pv_table']['container']}, {d['pv_table']['slots']} slots")
     era = d["patch_era"]
     if era is not None:
