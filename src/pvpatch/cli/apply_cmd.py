@@ -9,15 +9,16 @@ import sys
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import image_options, keep_until_exit, progress, say_progress
+from pvpatch.cli.common import given, image_options, keep_until_exit, progress, say_progress
+from pvpatch.cli.filters import filter_options, select_by_site
 from pvpatch.errors import UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
-from pvpatch.patch.plan import nop_table, plan
+from pvpatch.patch.plan import SitePatch, nop_table, plan
 from pvpatch.patch.writer import PatchedCopy, file_pokes
-from pvpatch.render.apply import plan_dict, render_sites, render_summary
+from pvpatch.render.apply import patch_dict, per_op, plan_dict, render_sites, render_summary
 
 
 @click.command()
@@ -36,10 +37,13 @@ from pvpatch.render.apply import plan_dict, render_sites, render_summary
 @click.option("--check", is_flag=True,
               help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
                    "violation, replacement too long).")
+@filter_options("Every site is still patched; only what is printed (the op table, --sites, "
+                "--json's sites and ops) is narrowed, never the --report file.")
 @image_options()
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
-          check: bool, system_map: str | None, btf: str | None) -> None:
+          check: bool, ops: tuple[str, ...], functions: tuple[str, ...],
+          system_map: str | None, btf: str | None) -> None:
     """Rewrite the paravirt call sites of VMLINUX exactly as the kernel does at boot.
 
     Each indirect `call *pv_ops+N(%rip)` becomes what the running kernel holds after
@@ -65,6 +69,11 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         raise UsageError("--in-place and -o exclude each other")
     if dry_run and (output or in_place):
         raise UsageError(f"--dry-run writes nothing: drop {'-o' if output else '--in-place'}")
+    if given("vcpus") and backend != "xen":
+        raise UsageError("--vcpus is the vCPU count of a Xen guest: it needs --backend xen")
+    if list_sites and as_json:
+        raise UsageError("--sites lists sites in the text output; the --json report always "
+                         "has every site: drop --sites")
     target = vmlinux if in_place else output
     with OutputFiles([vmlinux, system_map, btf]) as outs:
         elf = None if target is None else outs.claim(
@@ -102,8 +111,10 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         if rep is not None:
             rep.write_text(json.dumps(report, indent=1))
         outs.commit()
+    shown = select_by_site(p.patches, lambda x: x.site, ops, functions)
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(report if shown is p.patches else
+                              narrowed(report, shown, bits, ops, functions)))
     else:
         head = [f"{vmlinux}" + ("" if dry_run else f" → {target}")]
         if boot is not None:
@@ -112,9 +123,20 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
                                               "not a bzImage"))
         head.append(f"  sites     {len(p.patches)}, {len(changes)} changed"
                     + (" (dry run: nothing written)" if dry_run else ""))
-        click.echo(render_summary(p, head))
+        if shown is not p.patches:
+            head.append(f"  shown     {len(shown)} of them (--op/--function)")
+        click.echo(render_summary(p, head, shown))
         if list_sites:
             click.echo("")
-            click.echo(render_sites(p.patches, bits))
+            click.echo(render_sites(shown, bits))
     if check and any(x.problems for x in p.patches):
         sys.exit(1)
+
+
+def narrowed(report: dict, shown: list[SitePatch], bits: int, ops: tuple[str, ...],
+             functions: tuple[str, ...]) -> dict:
+    """The report with only the selected sites in ``sites`` and ``ops`` (counts stay whole)."""
+    return {**report, "selected": len(shown), "filter": {"op": list(ops), "function":
+                                                         list(functions)},
+            "ops": {op: dict(c) for op, c in sorted(per_op(shown).items())},
+            "sites": [patch_dict(x, bits) for x in shown]}

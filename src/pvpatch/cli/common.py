@@ -56,3 +56,13 @@ def image_options(types: bool = True) -> Callable[[F], F]:
                  "a stripped image or vmlinuz, its kallsyms tables.")(f)
 
     return decorate
+
+
+def given(name: str) -> bool:
+    """Did the user type option ``name`` (its parameter name), rather than leave its default?
+
+    For refusing options that do not apply: a default is never an objection."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)

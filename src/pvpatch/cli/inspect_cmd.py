@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 
 import click
 
 from pvpatch.backends import BACKENDS, load_backend
-from pvpatch.cli.common import image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import given, image_options, keep_until_exit, say_progress
+from pvpatch.cli.filters import select
+from pvpatch.errors import UsageError
 from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.sites import Site
 from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
 from pvpatch.types.loader import describe_types
 
@@ -55,9 +55,14 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
       pvpatch inspect vmlinux --json --sites | jq '.sites[] | select(.op == "cpu.cpuid")'
       pvpatch inspect /boot/vmlinuz-$(uname -r) --btf /sys/kernel/btf/vmlinux
     """
+    if given("vcpus") and backend != "xen":
+        raise UsageError("--vcpus is the vCPU count of a Xen guest: it needs --backend xen")
     with KernelModel.open(vmlinux, layout, system_map=system_map, btf=btf,
                           progress=say_progress()) as model:
         keep_until_exit(model)
+        if layout and model.records is None:
+            raise UsageError(f"--layout: {vmlinux} has no .parainstructions (6.8+ kernels "
+                             "record pv calls in .altinstructions): no record layout to force")
         sites = select(model.sites.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
@@ -79,11 +84,3 @@ def model_types(model: KernelModel, btf: str | None) -> str:
     return describe_types(model.types, btf, b.described if b else None,
                           b.detail if b and b.table else None)
 
-
-def select(sites: list[Site], ops: tuple[str, ...], functions: tuple[str, ...]) -> list[Site]:
-    def wanted(s: Site) -> bool:  # s.function costs a symbol index: only ask when filtering
-        return (not ops or any(fnmatch.fnmatchcase(s.op, g) for g in ops)) and \
-            (not functions or any(fnmatch.fnmatchcase(s.function.split("+", 1)[0], g)
-                                  for g in functions))
-
-    return [s for s in sites if wanted(s)]

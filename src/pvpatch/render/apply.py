@@ -75,7 +75,9 @@ def plan_dict(plan: PatchPlan, bits: int, extra: dict | None = None) -> dict:
     }
 
 
-def render_summary(plan: PatchPlan, header: list[str]) -> str:
+def render_summary(plan: PatchPlan, header: list[str],
+                   shown: list[SitePatch] | None = None) -> str:
+    """The plan's summary; the op table has the ``shown`` sites (default: all)."""
     lines = list(header)
     be = plan.backend
     lines.append(f"  backend   {be.name}: {be.description}")
@@ -88,7 +90,7 @@ def render_summary(plan: PatchPlan, header: list[str]) -> str:
                  f"{plan.alternatives_left} others left as built (CPU-dependent)")
     problems = sum(len(p.problems) for p in plan.patches)
     lines.append(f"  problems  {problems or 'none'}")
-    lines += ["", render_ops(plan.patches)]
+    lines += ["", render_ops(plan.patches if shown is None else shown)]
     return "\n".join(lines)
 
 
