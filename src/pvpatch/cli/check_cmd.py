@@ -6,10 +6,10 @@ import json
 
 import click
 
-from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
+from pvpatch.checks.baseline import Baseline, KernelKind, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
-from pvpatch.cli.common import image_options, keep_until_exit, say_progress
+from pvpatch.cli.common import given, image_options, keep_until_exit, say_progress
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
@@ -57,17 +57,20 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
       pvpatch check vmlinux --format junit -o pvpatch-junit.xml
       pvpatch check vmlinux --json -o old.json; pvpatch check new/vmlinux --baseline old.json
     """
-    if as_json and fmt not in ("text", "json"):
+    if as_json and given("fmt") and fmt != "json":
         raise UsageError(f"--json and --format {fmt} exclude each other")
     fmt = "json" if as_json else fmt
     names, explicit = parse_backends(backends)
+    if given("vcpus") and "xen" not in names:
+        raise UsageError("--vcpus is the vCPU count of a Xen guest: it needs xen in --backend")
     with OutputFiles([vmlinux, baseline, system_map, btf]) as outs:
         target = outs.claim(output, "-o") if output else None
         with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
                                progress=say_progress()) as model:
             keep_until_exit(model)
             run = run_checks(model, names, vcpus, explicit)
-        base = load_baseline(baseline, names, vcpus) if baseline else None
+        base = load_baseline(baseline, names, vcpus,
+                             KernelKind(vmlinux, run.machine, run.release)) if baseline else None
         run.findings = mark_known(run.findings, base)
         report = _render(fmt, run, fail_on, base)
         if target is not None:

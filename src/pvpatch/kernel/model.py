@@ -13,6 +13,7 @@ from functools import cached_property
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
+from pvpatch.kernel.btf_fit import check_btf_fits
 from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
@@ -53,7 +54,10 @@ class KernelModel:
 
     @cached_property
     def types(self) -> TypeSource | None:
-        return load_types(self.image, self.btf_path)
+        types = load_types(self.image, self.btf_path)
+        if self.btf_path is not None and types is not None:
+            check_btf_fits(self.image, types, self.btf_path)  # another kernel's: refused
+        return types
 
     @cached_property
     def table_base(self) -> TableBase | None:
