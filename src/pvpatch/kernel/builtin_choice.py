@@ -89,6 +89,40 @@ def _misfit(image: ElfImage, version: KernelVersion, base: int, highest_type: in
     return None, verdict.matched
 
 
+def locate_by_contents(image: ElfImage, version: KernelVersion, highest_type: int | None,
+                       limit: int = 64) -> tuple[int, BuiltinTable] | None:
+    """Where a built-in table's initialiser lies, for an image whose call sites no longer
+    name the table (already patched) and whose symbols do not either: the places in data
+    that hold the table's first function, each judged as :func:`choose_builtin` judges a
+    table at a known address. ``limit`` bounds the places tried per table."""
+    for t in tables():
+        if t.bits != image.bits or (version.major, version.minor) != t.series:
+            continue
+        first = image.symbols.address(t.slots[0][1])
+        if not first:
+            continue
+        needle = first.to_bytes(t.ptr_size, "little")
+        for base in _places_holding(image, needle, t.ptr_size, limit):
+            if _misfit(image, version, base, highest_type, t)[0] is None:
+                return base, t
+    return None
+
+
+def _places_holding(image: ElfImage, needle: bytes, align: int, limit: int) -> list[int]:
+    """Aligned addresses in allocated, non-executable sections whose bytes are ``needle``."""
+    out: list[int] = []
+    for sec in image.sections:
+        if not (sec.is_alloc and sec.has_file_data and sec.size) or sec.is_exec:
+            continue
+        data = bytes(image.section_data(sec))
+        pos = data.find(needle)
+        while pos >= 0 and len(out) < limit:
+            if (sec.addr + pos) % align == 0:
+                out.append(sec.addr + pos)
+            pos = data.find(needle, pos + 1)
+    return out
+
+
 # -- slot agreement: does a table of slot names fit the values the image stores? ---------------
 
 Agrees = Callable[[str, str], bool | None]  # (expected, actual name) → agree? None: no say
