@@ -225,9 +225,9 @@ def test_junit_is_well_formed_with_a_suite_per_family_and_backend(tmp_path):
     root = ET.parse(out).getroot()
     assert root.tag == "testsuites" and root.get("failures") == "1"
     suites = {s.get("name"): s for s in root.iter("testsuite")}
-    assert list(suites) == ["site", "alt", "slot (native)", "fit (native)", "clobber (native)",
-                            "alt (native)", "slot (xen)", "fit (xen)", "clobber (xen)",
-                            "alt (xen)", "xen"]
+    assert list(suites) == ["image", "site", "alt", "slot (native)", "fit (native)",
+                            "clobber (native)", "alt (native)", "slot (xen)", "fit (xen)",
+                            "clobber (xen)", "alt (xen)", "xen"]
     assert int(root.get("tests")) == sum(int(s.get("tests")) for s in suites.values())
     case = suites["clobber (xen)"].find("testcase[@name='clobber.violation']")
     failure = case.find("failure")

@@ -2,7 +2,9 @@
 
 The order is the report's order: image-level site and alternative checks, then per backend
 the slot, fit, clobber and alternative-feature checks, then the Xen notes. Each (family,
-backend) pair is a *suite*, which the JUnit renderer turns into one testsuite.
+backend) pair is a *suite*, which the JUnit renderer turns into one testsuite. An image whose
+sites are already patched gets one ``image.already-patched`` finding instead of one per site;
+the families that read sites are skipped, the Xen notes (patching leaves them) still checked.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass, field
 from pvpatch.backends import BACKENDS, Backend, load_backend
 from pvpatch.checks import alternatives, clobbers, fit, sites, slots
 from pvpatch.checks.context import BackendRun, Context
-from pvpatch.checks.model import Finding, load_registry
+from pvpatch.checks.model import Finding, finding, load_registry
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
 from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_table, plan
+from pvpatch.patch.recognise import Recognition, recognise
 
 PerBackend = Callable[[Context, BackendRun], list[Finding]]
 PER_BACKEND: tuple[tuple[str, PerBackend], ...] = (
@@ -92,6 +95,9 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
                    machine=model.image.machine, build_id=model.image.build_id)
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
+    recognised = recognise(model)
+    if recognised is not None:
+        return _patched_run(model, run, names, recognised)
     # (rank in the report, unit): the image-wide checks, each backend, the Xen notes
     jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit))]
                                           for i, name in enumerate(names)]
@@ -154,7 +160,8 @@ def _unusable(model: KernelModel, name: str) -> str | None:
 def _image_part(ctx: Context) -> Part:
     """Facts of the image itself: reported once, whatever the backends."""
     findings = sites.check_sites(ctx) + alternatives.check_alignment(ctx)
-    return Part([Suite("site", None, False), Suite("alt", None, False)], findings,
+    return Part([Suite("image", None, False), Suite("site", None, False),
+                 Suite("alt", None, False)], findings,
                 {"sites": len(ctx.model.sites.sites),
                  "pv_alternatives": len(ctx.pv_alternatives)})
 
@@ -169,6 +176,29 @@ def _backend_part(ctx: Context, backend: Backend) -> Part:
         out.findings.extend(fn(ctx, br))
         out.suites.append(Suite(family, backend.name, True))
     return out
+
+
+def _patched_run(model: KernelModel, run: CheckRun, names: tuple[str, ...],
+                 recognised: Recognition) -> CheckRun:
+    """One finding for the whole image; every family that reads sites is skipped, saying
+    why, so a report (and JUnit) shows what was not looked at."""
+    why = "the image is already patched (image.already-patched)"
+    config = recognised.matches[0].described if recognised.matches else "no configuration"
+    run.findings.append(finding(
+        "image.already-patched", None, None, "", config,
+        f"{recognised.look.described}: {recognised.described}; check the unpatched vmlinux"))
+    run.suites += [Suite("image", None, False), Suite("site", None, False, why),
+                   Suite("alt", None, False, why)]
+    run.suites += [Suite(family, name, True, why) for name in names for family, _ in PER_BACKEND]
+    run.checked["sites"] = len(model.sites.sites)
+    run.notes.append(f"sites not checked: {why}")
+    if "xen" in names:
+        part = _xen_part(model)
+        run.suites += part.suites
+        run.findings += part.findings
+        run.checked.update(part.checked)
+    load_registry()
+    return run
 
 
 def _xen_part(model: KernelModel) -> Part:

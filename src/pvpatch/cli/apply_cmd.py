@@ -11,12 +11,13 @@ import click
 from pvpatch.backends import BACKENDS, load_backend
 from pvpatch.cli.common import given, image_options, keep_until_exit, progress, say_progress
 from pvpatch.cli.filters import filter_options, select_by_site
-from pvpatch.errors import UsageError
+from pvpatch.errors import InputError, UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
 from pvpatch.patch.plan import SitePatch, nop_table, plan
+from pvpatch.patch.recognise import recognise
 from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import patch_dict, per_op, plan_dict, render_sites, render_summary
 
@@ -84,6 +85,9 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map,
                                                          btf=btf, progress=say_progress()))
             keep_until_exit(model)
+            patched = recognise(model)
+            if patched is not None:
+                raise InputError(patched.refusal(vmlinux, "apply needs the unpatched vmlinux"))
             boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
             if boot is not None and in_place:
                 raise UsageError(f"{vmlinux} is a bzImage: --in-place would replace it with "

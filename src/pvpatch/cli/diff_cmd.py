@@ -17,6 +17,7 @@ from pvpatch.kernel.same_build import build_difference
 from pvpatch.kernel.sites import site_bytes
 from pvpatch.patch.observe import observe
 from pvpatch.patch.plan import OUTCOMES, SitePatch
+from pvpatch.patch.recognise import recognise
 from pvpatch.render.apply import patch_dict, per_op, render_ops, render_sites
 
 
@@ -56,6 +57,10 @@ def diff(original: str, patched: str, list_sites: bool, changed: bool, ops: tupl
             open_image(patched, progress=say) as other:
         keep_until_exit((model, other))
         _same_build(model.image, other, original, patched)
+        recognised = recognise(model)
+        if recognised is not None:
+            raise InputError(recognised.refusal(original, "diff needs the unpatched vmlinux "
+                                                          "as ORIGINAL"))
         patches = _observe_all(model, other)
         bits = model.image.bits
         ids = {"build_id": model.image.build_id, "patched_build_id": other.build_id}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
 from pvpatch.render.inspect import inspect_dict, render_sites, render_summary
 from pvpatch.types.loader import describe_types
+
+if TYPE_CHECKING:
+    from pvpatch.patch.recognise import Recognition
 
 
 @click.command()
@@ -63,20 +67,34 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
         if layout and model.records is None:
             raise UsageError(f"--layout: {vmlinux} has no .parainstructions (6.8+ kernels "
                              "record pv calls in .altinstructions): no record layout to force")
+        patched = _recognised(model)
         sites = select(model.sites.sites, ops, functions)
         be = load_backend(model, backend, vcpus) if backend else None
         if as_json:
-            doc = inspect_dict(model, sites, be, with_sites=list_sites)
+            doc = inspect_dict(model, sites, be, with_sites=list_sites, patched=patched)
             doc["input"] = describe_input(model.image)
             doc["input"]["types"] = model_types(model, btf)
             click.echo(json.dumps(doc))
             return
-        head, _, rest = render_summary(model, sites, be).partition("\n")
+        head, _, rest = render_summary(model, sites, be, patched).partition("\n")
         click.echo("\n".join([head, f"  input     {input_line(model.image)}",
                               f"  types     {model_types(model, btf)}", rest]))
         if list_sites:
             click.echo("")
             click.echo(render_sites(model, sites))
+
+
+def _recognised(model: KernelModel) -> Recognition | None:
+    """Which configuration an already-patched image matches (its 6.8+ sites then get their
+    slots back). A pristine image pays nothing, not even the planner's import (capstone)."""
+    if model.sites.patched is None:
+        return None
+    from pvpatch.patch.recognise import recognise, restore_slots
+
+    found = recognise(model)
+    if found is not None:
+        restore_slots(model, found)
+    return found
 
 
 def model_types(model: KernelModel, btf: str | None) -> str:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pvpatch.backends import Backend
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import Site
+
+if TYPE_CHECKING:
+    from pvpatch.patch.recognise import Recognition
 from pvpatch.render.table import table
 
 SCHEMA = "pvpatch.inspect/1"
@@ -67,7 +71,7 @@ def backend_ops(backend: Backend) -> list[dict]:
 
 
 def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
-                 with_sites: bool = True) -> dict:
+                 with_sites: bool = True, patched: Recognition | None = None) -> dict:
     table_ = model.sites
     v = model.version
     lay = table_.layout
@@ -99,6 +103,7 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "ops": [{"op": o.op, "type": o.slot, "sites": o.sites, "native_target": o.native_target,
                  "native_address": _hex(o.native_address)} for o in summarize_ops(sites)],
         "problems": sum(len(s.problems) for s in sites),
+        "already_patched": None if patched is None else patched.to_json(),
         "backend": None if backend is None else {
             "name": backend.name, "description": backend.description,
             "features": backend.feature_reasons, "ops": backend_ops(backend)},
@@ -119,8 +124,9 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
     return None if s.clobbers is None else model.clobber_bits.decode(s.clobbers)
 
 
-def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None) -> str:
-    d = inspect_dict(model, sites, backend, with_sites=False)
+def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None,
+                   patched: Recognition | None = None) -> str:
+    d = inspect_dict(model, sites, backend, with_sites=False, patched=patched)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"
@@ -149,6 +155,8 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     shown = "" if d["selected"] == d["site_count"] else f" (of {d['site_count']})"
     lines.append(f"  sites     {d['selected']}{shown}: {per_sec or 'none'}")
     lines.append(f"  problems  {d['problems'] or 'none'}")
+    if patched is not None:
+        lines.append(f"  patched   {patched.look.described}; {patched.described}")
     if backend is not None:
         lines.append(f"  backend   {backend.name}: {backend.description}")
         lines += [f"            {k}: {v}" for k, v in backend.feature_reasons.items()]
