@@ -26,6 +26,16 @@ def kernel(request) -> str:
     return str(assemble("pv_kernel61.S", 64, defsyms=defsyms))
 
 
+@pytest.fixture(autouse=True)
+def kernel_untouched(request):
+    """Whatever a test runs, the fixture kernel it read is byte for byte as it was."""
+    path = request.getfixturevalue("kernel") if "kernel" in request.fixturenames else None
+    before = sha256(path) if path else None
+    yield
+    if path:
+        assert sha256(path) == before
+
+
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def patched(request, kernel, tmp_path_factory) -> tuple[str, str]:
     """(a copy of the fixture as `pvpatch apply` writes it, the options that wrote it)."""

@@ -22,6 +22,16 @@ def kernel() -> str:
     return str(assemble("pv_kernel61.S", 64, defsyms={"XEN_NOTES": 1}))
 
 
+@pytest.fixture(autouse=True)
+def kernel_untouched(request):
+    """Whatever a test runs, the fixture kernel it read is byte for byte as it was."""
+    path = request.getfixturevalue("kernel") if "kernel" in request.fixturenames else None
+    before = sha256(path) if path else None
+    yield
+    if path:
+        assert sha256(path) == before
+
+
 def unchanged(*paths: str | Path):
     """A context that asserts ``paths`` are byte for byte the same afterwards."""
     class Same:
@@ -86,6 +96,14 @@ def test_a_kernel_fixture_without_banner_is_still_a_kernel():
 def test_an_option_that_does_not_apply_is_refused(kernel, tmp_path, argv, needle):
     k612 = str(assemble("pv_kernel61.S", 64, defsyms={"ERA612": 1}))
     refused([a.format(k=kernel, k612=k612) for a in argv], needle, inputs=(kernel, k612))
+
+
+def test_vcpus_asks_for_xen_on_a_kernel_without_it():
+    """The default backend list skips xen on such a kernel with a note; --vcpus would then
+    do nothing, so it makes xen explicit and the kernel an input error."""
+    path = str(assemble("pv_kernel61.S", 64, defsyms={"NO_XEN_PV": 1}))
+    assert pvpatch("check", path).returncode == 0
+    refused(["check", path, "--vcpus", "1"], "built without Xen PV support", inputs=(path,))
 
 
 def test_the_defaults_and_the_options_that_apply_still_pass(kernel):

@@ -24,7 +24,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
               help="Comma-separated backends to check for: native, xen.  [default: native,xen; "
                    "xen is skipped for kernels built without it]")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
-              help="Xen: vCPUs the guest boots with (1 keeps native spinlocks).")
+              help="Xen: vCPUs the guest boots with (1 keeps native spinlocks). Giving it "
+                   "asks for the xen backend: a kernel without Xen PV is then an error.")
 @click.option("--format", "fmt", type=click.Choice(("text", "json", "junit")), default="text",
               show_default=True, help="Report format (json: schema pvpatch.check/1).")
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
@@ -63,6 +64,7 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
     names, explicit = parse_backends(backends)
     if given("vcpus") and "xen" not in names:
         raise UsageError("--vcpus is the vCPU count of a Xen guest: it needs xen in --backend")
+    explicit = explicit or given("vcpus")  # asks for xen: never skipped without a word
     with OutputFiles([vmlinux, baseline, system_map, btf]) as outs:
         target = outs.claim(output, "-o") if output else None
         with KernelModel.open(vmlinux, system_map=system_map, btf=btf,
