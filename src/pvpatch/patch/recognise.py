@@ -23,7 +23,6 @@ from pvpatch.errors import InputError
 from pvpatch.kernel.boot_patched import INDIRECT, PATCHED, PatchedLook
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import SECTION, Site, give_slot
-from pvpatch.patch.direct_calls import ERA_6_8_PLUS, is_nop
 from pvpatch.patch.plan import CALL, SitePatch, nop_table, plan
 
 
@@ -143,6 +142,8 @@ def _explains(sp: SitePatch) -> bool:
 
 def _with_slots(model: KernelModel, backend: Backend) -> KernelModel:
     """A view of the model whose patched 6.8+ sites carry the slot ``backend`` implies."""
+    from pvpatch.patch.direct_calls import ERA_6_8_PLUS
+
     first_holding: dict[int, int] = {}
     for index, res in sorted(backend.slots.items()):
         if res.value is not None:
@@ -165,6 +166,8 @@ def _slot_for(site: Site, holding: dict[int, int], bug: int | None, nop: int | N
         target = (site.address + 5 + int.from_bytes(code[1:5], "little", signed=True)) \
             & ((1 << bits) - 1)
         return holding.get(0 if target == bug else target, -1)
+    from pvpatch.patch.direct_calls import is_nop
+
     if site.insns and all(is_nop(i.raw) for i in site.insns) and nop is not None:
         return holding.get(nop, -1)
     return -1
