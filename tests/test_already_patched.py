@@ -158,6 +158,6 @@ def test_without_a_table_it_is_still_recognised_as_patched(bare32, monkeypatch):
     monkeypatch.setattr(builtin_choice, "tables", lambda: ())
     r = run("inspect", bare32)
     assert r.exit_code == 0, r.output
-    assert "as no configuration pvpatch plans writes" in r.stdout
+    assert "but no configuration pvpatch plans writes these bytes" in r.stdout
     r = run("apply", bare32, "--dry-run")
     assert r.exit_code == 2 and f"{bare32} is already patched" in r.stderr

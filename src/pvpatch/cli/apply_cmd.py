@@ -28,7 +28,8 @@ from pvpatch.render.apply import patch_dict, per_op, plan_dict, render_sites, re
 @click.option("--backend", type=click.Choice(BACKENDS), default="native", show_default=True,
               help="Whose boot to reproduce: bare metal, or a Xen PV guest.")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
-              help="Xen: vCPUs the guest boots with (with 1 the kernel keeps native spinlocks).")
+              help="Xen: vCPUs the guest boots with (with 1 the kernel keeps native spinlocks); "
+                   "needs --backend xen.")
 @click.option("--dry-run", is_flag=True, help="Plan and report, write nothing.")
 @click.option("--in-place", is_flag=True, help="Replace VMLINUX itself (atomically).")
 @click.option("--report", "report_path", metavar="FILE.json",

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @click.option("--backend", type=click.Choice(BACKENDS),
               help="Also resolve every op for a backend and say why it gets that target.")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
-              help="Xen: vCPUs the guest boots with.")
+              help="Xen: vCPUs the guest boots with; needs --backend xen.")
 @image_options()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document (docs/inspect.md).")
 def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tuple[str, ...],

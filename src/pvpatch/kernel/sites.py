@@ -254,9 +254,8 @@ def _by_validation(image: ElfImage, raw: memoryview, fitting: list[RecordLayout]
             return _variant(image, raw, same, version)
         failures.append(f"{cand.name}: {bad}")
     for cand in fitting:  # none as built: is it an image boot patching already rewrote?
-        records = _records(raw, cand)
-        if _first_invalid(image, records, patched_ok=True) is None and \
-                looks_patched([_code_shape(image, r.address, r.length)[0] for r in records]):
+        forms = [_code_shape(image, r.address, r.length)[0] for r in _records(raw, cand)]
+        if BAD not in forms and looks_patched(forms):
             same = [c for c in fitting if c.stride == cand.stride]
             return _variant(image, raw, same, version, "no type information: every record "
                             "points at what boot patching leaves (already patched)")
@@ -290,12 +289,11 @@ def _variant(image: ElfImage, raw: memoryview, same: list[RecordLayout],
     return pick[0], why
 
 
-def _first_invalid(image: ElfImage, records: list[Site], patched_ok: bool = False) -> str | None:
-    """The first record that is not a pv call site as built (with ``patched_ok``: nor one
-    as boot patching leaves it)."""
+def _first_invalid(image: ElfImage, records: list[Site]) -> str | None:
+    """The first record that is not a pv call site as built."""
     for r in records:
-        form, problem = _code_shape(image, r.address, r.length)
-        if problem and not (patched_ok and form == PATCHED):
+        problem = _code_shape(image, r.address, r.length)[1]
+        if problem:
             return f"record {r.index}: {problem}"
     return None
 

@@ -74,7 +74,8 @@ class Recognition:
         best = self.closest
         closest = "" if best is None else \
             f"; closest: {best[0].options}, {best[1]} of {self.look.sites} sites"
-        return f"{self.look.described}, as no configuration pvpatch plans writes{closest}"
+        return (f"{self.look.described}, but no configuration pvpatch plans writes these "
+                f"bytes{closest}")
 
     def refusal(self, path: str, needs: str) -> str:
         """The one line a command that needs a pristine image says."""
@@ -107,7 +108,7 @@ def recognise(model: KernelModel) -> Recognition | None:
 
 def restore_slots(model: KernelModel, recognised: Recognition) -> None:
     """Give a patched 6.8+ image's sites the slots the matching configuration implies, so
-    that listings name their ops (each site says it was recovered)."""
+    that listings name their ops again."""
     for s in model.sites.sites:
         index = recognised.slots.get(s.index)
         if index is not None:
