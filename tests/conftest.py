@@ -91,3 +91,21 @@ def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert len(lines) == 1, lines
     for n in needles:
         assert n in lines[0]
+
+
+def sha256(path: str | Path) -> str:
+    """The file's digest: what every "the input is never modified" test compares."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pvpatch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """The installed command line, in a process of its own (exit status and stderr as a user
+    sees them)."""
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pvpatch", *args], capture_output=True,
+                          text=True, timeout=timeout)

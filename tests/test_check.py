@@ -208,9 +208,9 @@ def test_json_report_follows_the_documented_schema(tmp_path):
     assert r.returncode == 1 and r.stdout.startswith("pvpatch check: FAIL") and str(out) in r.stdout
     d = json.loads(out.read_text())
     assert d["schema"] == "pvpatch.check/1" and d["failed"] is True
-    assert set(d) == {"schema", "input", "kernel", "backends", "notes", "nops", "checked",
-                      "fail_on",
-                      "baseline", "counts", "failed", "checks", "findings"}
+    assert set(d) == {"schema", "input", "kernel", "machine", "build_id", "backends", "notes",
+                      "nops", "checked", "fail_on", "baseline", "counts", "failed", "checks",
+                      "findings"}
     assert d["counts"] == {"error": 1, "warning": 1, "new": 2, "known": 0, "failing": 1}
     f = d["findings"][0]
     assert f == {"check": "clobber.violation", "family": "clobber", "severity": "error",
@@ -225,10 +225,10 @@ def test_junit_is_well_formed_with_a_suite_per_family_and_backend(tmp_path):
     root = ET.parse(out).getroot()
     assert root.tag == "testsuites" and root.get("failures") == "1"
     suites = {s.get("name"): s for s in root.iter("testsuite")}
-    assert list(suites) == ["site", "alt", "static_call", "slot (native)", "fit (native)",
-                            "clobber (native)", "alt (native)", "static_call (native)",
-                            "slot (xen)", "fit (xen)", "clobber (xen)", "alt (xen)",
-                            "static_call (xen)", "xen"]
+    assert list(suites) == ["image", "site", "alt", "static_call", "slot (native)",
+                            "fit (native)", "clobber (native)", "alt (native)",
+                            "static_call (native)", "slot (xen)", "fit (xen)", "clobber (xen)",
+                            "alt (xen)", "static_call (xen)", "xen"]
     assert int(root.get("tests")) == sum(int(s.get("tests")) for s in suites.values())
     case = suites["clobber (xen)"].find("testcase[@name='clobber.violation']")
     failure = case.find("failure")

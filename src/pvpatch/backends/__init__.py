@@ -174,3 +174,6 @@ def unsupported_reason(model: KernelModel, name: str) -> str | None:
 GUESTS = ("kvm", "hyperv", "vmware", "lguest")  # modules with resolve() and unsupported()
 BACKENDS = ("native", "xen", *GUESTS)
 CHECKED_BY_DEFAULT = ("native", "xen")  # `check` without --backend
+# the backends whose start-up depends on the guest's vCPU count (--vcpus): Xen's and KVM's
+# pv spinlocks need more than one; Hyper-V's and VMware's read it too (docs/backends.md)
+VCPU_BACKENDS = ("xen", "kvm", "hyperv", "vmware")

@@ -4,6 +4,11 @@ OLD is an earlier ``pvpatch check --format json`` report or an earlier image (ch
 the same backends). Findings are matched by (check, backend, function without its offset, op),
 never by address: a rebuild moves every address, while a defect stays in its function and op.
 A matched finding is *known*: still reported, never counted toward the exit status.
+
+OLD is by design another build, so it is not held to "same build": it must be a kernel of the
+same architecture, series (major.minor) and flavour (``cloud-amd64``), where the keys mean the
+same functions and ops. A report says its kernel in ``kernel`` and ``machine``; one that does
+not (an older report) is compared on what it says.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from pvpatch.checks.model import Finding
 from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import InputError
+from pvpatch.kernel.version import release_flavour, release_series
 
 Key = tuple[str, str | None, str, str]
 REPORT_SCHEMA = "pvpatch.check/1"
@@ -28,6 +34,30 @@ class Baseline:
     findings: int
 
 
+@dataclass(frozen=True)
+class KernelKind:
+    """What a baseline must share with the checked image: architecture, series, flavour."""
+
+    path: str
+    machine: str | None
+    release: str | None
+
+    def differs(self, other: KernelKind) -> str | None:
+        """Which of the three ``other`` does not share (None: it shares what both say)."""
+        if self.machine and other.machine and self.machine != other.machine:
+            return "architecture"
+        if self.release and other.release:
+            if release_series(self.release) != release_series(other.release):
+                return "kernel series"
+            if release_flavour(self.release) != release_flavour(other.release):
+                return "flavour"
+        return None
+
+    @property
+    def described(self) -> str:
+        return f"{self.release or 'an unknown release'} ({self.machine or 'unknown machine'})"
+
+
 def key(check: str, backend: str | None, function: str, op: str) -> Key:
     """The identity of a finding across builds: the offset inside the function is dropped."""
     return check, backend, function.split("+", 1)[0], op
@@ -38,19 +68,29 @@ def finding_key(f: Finding) -> Key:
 
 
 def load_baseline(path: str, names: tuple[str, ...], vcpus: int,
-                  cpu: Cpu = DEFAULT) -> Baseline:
-    """Read OLD as a report when it is JSON, else check it as an image (on the same CPU)."""
+                  cpu: Cpu = DEFAULT, checked: KernelKind | None = None) -> Baseline:
+    """Read OLD as a report when it is JSON, else check it as an image (on the same CPU);
+    either must be of ``checked``'s kind (architecture, series, flavour)."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
         raise InputError(f"cannot open the baseline: {e.strerror}", path) from None
     if head == ELF_MAGIC:
-        return _from_image(path, names, vcpus, cpu)
-    return _from_report(path)
+        return _from_image(path, names, vcpus, cpu, checked)
+    return _from_report(path, checked)
 
 
-def _from_report(path: str) -> Baseline:
+def _same_kind(old: KernelKind, checked: KernelKind | None) -> None:
+    what = None if checked is None else checked.differs(old)
+    if what is not None:
+        assert checked is not None
+        raise InputError(f"baseline {old.path} is {old.described}, {checked.path} is "
+                         f"{checked.described}: another {what}; --baseline takes an earlier "
+                         "build of the same architecture, kernel series and flavour")
+
+
+def _from_report(path: str, checked: KernelKind | None = None) -> Baseline:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -61,6 +101,7 @@ def _from_report(path: str) -> Baseline:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise InputError(f"baseline report has schema {got!r}, expected {REPORT_SCHEMA!r}",
                          path)
+    _same_kind(KernelKind(path, _text(doc.get("machine")), _text(doc.get("kernel"))), checked)
     try:
         keys = [key(f["check"], f["backend"], f["function"], f["op"]) for f in doc["findings"]]
     except (KeyError, TypeError) as e:
@@ -68,11 +109,17 @@ def _from_report(path: str) -> Baseline:
     return Baseline(path, "report", frozenset(keys), len(keys))
 
 
-def _from_image(path: str, names: tuple[str, ...], vcpus: int, cpu: Cpu) -> Baseline:
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _from_image(path: str, names: tuple[str, ...], vcpus: int, cpu: Cpu,
+                checked: KernelKind | None = None) -> Baseline:
     from pvpatch.checks.runner import run_checks
     from pvpatch.kernel.model import KernelModel
 
     with KernelModel.open(path) as model:
+        _same_kind(KernelKind(path, model.image.machine, model.version.release), checked)
         old = run_checks(model, names, vcpus, explicit=False, cpu=cpu).findings
     return Baseline(path, "image", frozenset(map(finding_key, old)), len(old))
 

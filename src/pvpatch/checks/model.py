@@ -50,11 +50,14 @@ class Finding:
         return replace(self, status=KNOWN)
 
 
-FAMILIES = ("site", "slot", "fit", "clobber", "alt", "static_call", "xen")
+FAMILIES = ("image", "site", "slot", "fit", "clobber", "alt", "static_call", "xen")
 XEN_BUILDER_PREFIX = "xen.builder."
 
 _TABLE: tuple[tuple[str, str, bool, str], ...] = (
     # id, severity, per backend, one-line description
+    ("image.already-patched", ERROR, False,
+     "most sites already hold what boot patching leaves: the image was patched (by pvpatch "
+     "apply or a boot), so its sites cannot be checked; check the unpatched vmlinux"),
     ("site.length", ERROR, False,
      "the record's length is outside 1..32 bytes: apply_paravirt BUG()s on len > MAX_PATCH_LEN"),
     ("site.not-code", ERROR, False,

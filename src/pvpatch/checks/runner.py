@@ -2,8 +2,10 @@
 
 The order is the report's order: image-level site, alternative and static-call checks, then
 per backend the slot, fit, clobber, alternative-feature and static-call checks, then the Xen
-notes. Each (family,
-backend) pair is a *suite*, which the JUnit renderer turns into one testsuite.
+notes. Each (family, backend) pair is a *suite*, which the JUnit renderer turns into one
+testsuite. An image whose sites are already patched gets one ``image.already-patched``
+finding instead of one per site; the families that read sites are skipped, the Xen notes
+(patching leaves them) still checked.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pvpatch.backends import (
 )
 from pvpatch.checks import alternatives, clobbers, fit, sites, slots, static_calls
 from pvpatch.checks.context import BackendRun, Context
-from pvpatch.checks.model import Finding, load_registry
+from pvpatch.checks.model import Finding, finding, load_registry
 from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import fork_map
 from pvpatch.patch.boot_nops import NopChoice
 from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_choice, plan
+from pvpatch.patch.recognise import Recognition, recognise
 
 PerBackend = Callable[[Context, BackendRun], list[Finding]]
 PER_BACKEND: tuple[tuple[str, PerBackend], ...] = (
@@ -64,6 +67,8 @@ class CheckRun:
     checked: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     nops: NopChoice | None = None  # the table every backend's plan padded with, and why
+    machine: str | None = None
+    build_id: str | None = None
 
 
 def parse_backends(text: str | None) -> tuple[tuple[str, ...], bool]:
@@ -100,9 +105,13 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     note instead of an error."""
     ctx = Context(model, model.alternatives)  # the table the sites were read with (6.8+)
     nops = nop_choice(model, cpu)
-    run = CheckRun(model.image.path, model.version.release, [], nops=nops)
+    run = CheckRun(model.image.path, model.version.release, [], nops=nops,
+                   machine=model.image.machine, build_id=model.image.build_id)
     if model.builtin is not None and model.builtin.table is not None:
         run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
+    recognised = recognise(model)
+    if recognised is not None:
+        return _patched_run(model, run, names, recognised)
     # (rank in the report, unit): the image-wide checks, each backend, the Xen notes
     jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit, nops,
                                                          options))]
@@ -164,8 +173,8 @@ def _image_part(ctx: Context) -> Part:
     """Facts of the image itself: reported once, whatever the backends."""
     findings = sites.check_sites(ctx) + alternatives.check_alignment(ctx) + \
         static_calls.check_image(ctx)
-    return Part([Suite("site", None, False), Suite("alt", None, False),
-                 Suite("static_call", None, False)], findings,
+    return Part([Suite("image", None, False), Suite("site", None, False),
+                 Suite("alt", None, False), Suite("static_call", None, False)], findings,
                 {"sites": len(ctx.model.sites.sites),
                  "pv_alternatives": len(ctx.pv_alternatives),
                  "static_call_sites": len(ctx.model.static_calls.sites)})
@@ -181,6 +190,29 @@ def _backend_part(ctx: Context, backend: Backend, nops: NopChoice) -> Part:
         out.findings.extend(fn(ctx, br))
         out.suites.append(Suite(family, backend.name, True))
     return out
+
+
+def _patched_run(model: KernelModel, run: CheckRun, names: tuple[str, ...],
+                 recognised: Recognition) -> CheckRun:
+    """One finding for the whole image; every family that reads sites is skipped, saying
+    why, so a report (and JUnit) shows what was not looked at."""
+    why = "the image is already patched (image.already-patched)"
+    config = recognised.matches[0].described if recognised.matches else "no configuration"
+    run.findings.append(finding(
+        "image.already-patched", None, None, "", config,
+        f"{recognised.look.described}: {recognised.described}; check the unpatched vmlinux"))
+    run.suites += [Suite("image", None, False), Suite("site", None, False, why),
+                   Suite("alt", None, False, why)]
+    run.suites += [Suite(family, name, True, why) for name in names for family, _ in PER_BACKEND]
+    run.checked["sites"] = len(model.sites.sites)
+    run.notes.append(f"sites not checked: {why}")
+    if "xen" in names:
+        part = _xen_part(model)
+        run.suites += part.suites
+        run.findings += part.findings
+        run.checked.update(part.checked)
+    load_registry()
+    return run
 
 
 def _xen_part(model: KernelModel) -> Part:

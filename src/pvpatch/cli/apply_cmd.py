@@ -8,25 +8,30 @@ import sys
 
 import click
 
-from pvpatch.backends import BACKENDS, load_backend
+from pvpatch.backends import BACKENDS, VCPU_BACKENDS, load_backend
 from pvpatch.cli.common import (
     cpu_options,
+    given,
     guest_options,
     image_options,
     keep_until_exit,
     make_guest_options,
     progress,
+    refuse_inapplicable_guest_options,
     say_progress,
 )
+from pvpatch.cli.filters import filter_options, select_by_site, select_static
 from pvpatch.cpu import resolve_cpu
-from pvpatch.errors import UsageError
+from pvpatch.errors import InputError, UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
-from pvpatch.patch.plan import nop_choice, plan
+from pvpatch.patch.plan import SitePatch, nop_choice, plan
+from pvpatch.patch.recognise import recognise
 from pvpatch.patch.writer import PatchedCopy, file_pokes
-from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
+from pvpatch.render.apply import patch_dict, per_op, plan_dict, render_sites, render_summary
+from pvpatch.render.static_calls import render_plan_sites
 
 
 @click.command()
@@ -48,11 +53,14 @@ from pvpatch.render.apply import plan_dict, render_all_sites, render_summary
 @click.option("--check", is_flag=True,
               help="Exit 1 if any site has a problem (unmodelled alternative, clobber "
                    "violation, replacement too long, a static-call record the kernel refuses).")
+@filter_options("Every site is still patched; only what is printed (the op table, --sites, "
+                "--json's sites and ops) is narrowed, never the --report file.")
 @cpu_options()
 @image_options()
 def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: bool,
           in_place: bool, report_path: str | None, list_sites: bool, as_json: bool,
-          check: bool, cpu_spec: str | None, cpuinfo: str | None, system_map: str | None,
+          check: bool, ops: tuple[str, ...], functions: tuple[str, ...],
+          cpu_spec: str | None, cpuinfo: str | None, system_map: str | None,
           btf: str | None, **guest: str | None) -> None:
     """Rewrite the paravirt call sites of VMLINUX exactly as the kernel does at boot.
 
@@ -85,6 +93,13 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         raise UsageError("--in-place and -o exclude each other")
     if dry_run and (output or in_place):
         raise UsageError(f"--dry-run writes nothing: drop {'-o' if output else '--in-place'}")
+    if given("vcpus") and backend not in VCPU_BACKENDS:
+        raise UsageError(f"--vcpus is the vCPU count of a guest: it needs --backend "
+                         f"{', '.join(VCPU_BACKENDS[:-1])} or {VCPU_BACKENDS[-1]}")
+    refuse_inapplicable_guest_options(guest, [backend])
+    if list_sites and as_json:
+        raise UsageError("--sites lists sites in the text output; the --json report always "
+                         "has every site: drop --sites")
     cpu = resolve_cpu(cpu_spec, cpuinfo)
     options = make_guest_options(**guest, cpu=cpu)
     target = vmlinux if in_place else output
@@ -97,6 +112,9 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map,
                                                          btf=btf, progress=say_progress()))
             keep_until_exit(model)
+            patched = recognise(model)
+            if patched is not None:
+                raise InputError(patched.refusal(vmlinux, "apply needs the unpatched vmlinux"))
             boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
             if boot is not None and in_place:
                 raise UsageError(f"{vmlinux} is a bzImage: --in-place would replace it with "
@@ -114,6 +132,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             report = None
             if as_json or rep:
                 report = plan_dict(p, bits, {"input": vmlinux, "output": target,
+                                             "build_id": model.image.build_id,
                                              "relocations": "kept as built (docs/apply.md)",
                                              "input_format": describe_input(model.image),
                                              "output_format": "ELF vmlinux"})
@@ -123,8 +142,10 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         if rep is not None:
             rep.write_text(json.dumps(report, indent=1))
         outs.commit()
+    shown = select_by_site(p.patches, lambda x: x.site, ops, functions)
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(report if shown is p.patches else
+                              narrowed(report, shown, bits, ops, functions)))
     else:
         head = [f"{vmlinux}" + ("" if dry_run else f" → {target}")]
         if boot is not None:
@@ -133,9 +154,24 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
                                               "not a bzImage"))
         head.append(f"  sites     {len(p.patches)}, {sum(x.changed for x in p.patches)} changed"
                     + (" (dry run: nothing written)" if dry_run else ""))
-        click.echo(render_summary(p, head))
+        if shown is not p.patches:
+            head.append(f"  shown     {len(shown)} of them (--op/--function)")
+        click.echo(render_summary(p, head, shown))
         if list_sites:
             click.echo("")
-            click.echo(render_all_sites(p, bits))
+            click.echo(render_sites(shown, bits))
+            statics = select_static(p.static_calls, ops, functions)
+            if statics:
+                click.echo("")
+                click.echo(render_plan_sites(statics, bits))
     if check and any(x.problems for x in [*p.patches, *p.static_calls]):
         sys.exit(1)
+
+
+def narrowed(report: dict, shown: list[SitePatch], bits: int, ops: tuple[str, ...],
+             functions: tuple[str, ...]) -> dict:
+    """The report with only the selected sites in ``sites`` and ``ops`` (counts stay whole)."""
+    return {**report, "selected": len(shown), "filter": {"op": list(ops), "function":
+                                                         list(functions)},
+            "ops": {op: dict(c) for op, c in sorted(per_op(shown).items())},
+            "sites": [patch_dict(x, bits) for x in shown]}

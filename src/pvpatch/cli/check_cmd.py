@@ -6,15 +6,18 @@ import json
 
 import click
 
-from pvpatch.checks.baseline import Baseline, load_baseline, mark_known
+from pvpatch.backends import VCPU_BACKENDS
+from pvpatch.checks.baseline import Baseline, KernelKind, load_baseline, mark_known
 from pvpatch.checks.model import SEVERITIES
 from pvpatch.checks.runner import CheckRun, parse_backends, run_checks
 from pvpatch.cli.common import (
     cpu_options,
+    given,
     guest_options,
     image_options,
     keep_until_exit,
     make_guest_options,
+    refuse_inapplicable_guest_options,
     say_progress,
 )
 from pvpatch.cpu import resolve_cpu
@@ -34,7 +37,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
                    "without it]")
 @click.option("--vcpus", type=click.IntRange(1, 4096), default=2, show_default=True,
               help="Xen, KVM, Hyper-V, VMware: vCPUs the guest boots with (1 keeps native "
-                   "spinlocks under Xen and KVM).")
+                   "spinlocks under Xen and KVM). Giving it asks for those backends: a kernel "
+                   "without Xen PV is then an error, not a skipped backend.")
 @guest_options()
 @click.option("--format", "fmt", type=click.Choice(("text", "json", "junit")), default="text",
               show_default=True, help="Report format (json: schema pvpatch.check/1).")
@@ -71,10 +75,15 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
       pvpatch check vmlinux --format junit -o pvpatch-junit.xml
       pvpatch check vmlinux --json -o old.json; pvpatch check new/vmlinux --baseline old.json
     """
-    if as_json and fmt not in ("text", "json"):
+    if as_json and given("fmt") and fmt != "json":
         raise UsageError(f"--json and --format {fmt} exclude each other")
     fmt = "json" if as_json else fmt
     names, explicit = parse_backends(backends)
+    if given("vcpus") and not set(VCPU_BACKENDS) & set(names):
+        raise UsageError("--vcpus is the vCPU count of a guest: it needs xen, kvm, hyperv or "
+                         "vmware in --backend")
+    refuse_inapplicable_guest_options(guest, names)
+    explicit = explicit or given("vcpus")  # asks for a guest: never skipped without a word
     cpu = resolve_cpu(cpu_spec, cpuinfo)
     options = make_guest_options(**guest, cpu=cpu)
     with OutputFiles([vmlinux, baseline, system_map, btf, cpuinfo]) as outs:
@@ -83,7 +92,8 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
                                progress=say_progress()) as model:
             keep_until_exit(model)
             run = run_checks(model, names, vcpus, explicit, cpu, options)
-        base = load_baseline(baseline, names, vcpus, cpu) if baseline else None
+        base = load_baseline(baseline, names, vcpus, cpu,
+                             KernelKind(vmlinux, run.machine, run.release)) if baseline else None
         run.findings = mark_known(run.findings, base)
         report = _render(fmt, run, fail_on, base)
         if target is not None:

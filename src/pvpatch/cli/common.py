@@ -128,3 +128,32 @@ def make_guest_options(kvm_features: str | None = None, kvm_hints: str | None = 
                             frozenset((cmdline or "").split()), "monitor" in flags)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+# which backend each guest option speaks to (docs/backends.md): given without it, refused
+GUEST_OPTION_BACKENDS = {"kvm_features": ("kvm",), "kvm_hints": ("kvm",),
+                         "hyperv_features": ("hyperv",), "vmware_features": ("vmware",),
+                         "cmdline": ("kvm", "hyperv", "vmware")}
+
+
+def refuse_inapplicable_guest_options(guest: dict[str, str | None],
+                                      backends: list[str] | tuple[str, ...]) -> None:
+    """A guest option given without a backend it speaks to is a usage error, not ignored."""
+    from pvpatch.errors import UsageError
+
+    for name, value in guest.items():
+        wanted = GUEST_OPTION_BACKENDS.get(name, ())
+        if value is not None and not set(wanted) & set(backends):
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} is for the {' or '.join(wanted)} backend: it needs "
+                             f"--backend {wanted[0]}")
+
+
+def given(name: str) -> bool:
+    """Did the user type option ``name`` (its parameter name), rather than leave its default?
+
+    For refusing options that do not apply: a default is never an objection."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)

@@ -42,7 +42,8 @@ def extract(vmlinuz: str, output: str, as_json: bool) -> None:
         with image, PatchedCopy(vmlinuz, target, data=data) as copy:
             copy.commit([])
             info: dict[str, object] = {"schema": "pvpatch.extract/1", "input": vmlinuz,
-                                       "output": output, "elf_class": image.bits,
+                                       "output": output, "build_id": image.build_id,
+                                       "elf_class": image.bits,
                                        "machine": image.machine, "size": image.size}
             if boot is None:
                 info.update({"format": "ELF", "note": "already an ELF image: copied as it is"})

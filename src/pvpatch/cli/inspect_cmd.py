@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from typing import TYPE_CHECKING
 
 import click
 
-from pvpatch.backends import BACKENDS, load_backend
+from pvpatch.backends import BACKENDS, VCPU_BACKENDS, load_backend
 from pvpatch.cli.common import (
     cpu_options,
+    given,
     guest_options,
     image_options,
     keep_until_exit,
     make_guest_options,
+    refuse_inapplicable_guest_options,
     say_progress,
 )
+from pvpatch.cli.filters import select, select_static_sites
 from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.image.loader import describe_input, input_line
 from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.sites import Site
 from pvpatch.render.inspect import inspect_dict, render_all_sites, render_summary
 from pvpatch.types.loader import describe_types
 
 if TYPE_CHECKING:
     from pvpatch.cpu import Cpu
-    from pvpatch.kernel.static_calls import StaticCallSite
     from pvpatch.patch.boot_nops import NopChoice
+    from pvpatch.patch.recognise import Recognition
 
 
 @click.command()
@@ -80,23 +81,32 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
     if (cpu_spec or cpuinfo) and not backend:
         raise UsageError(f"{'--cpu' if cpu_spec else '--cpuinfo'} only means something with "
                          "--backend (the boot it plans pads with that CPU's NOPs)")
+    if given("vcpus") and backend not in VCPU_BACKENDS:
+        raise UsageError(f"--vcpus is the vCPU count of a guest: it needs --backend "
+                         f"{', '.join(VCPU_BACKENDS[:-1])} or {VCPU_BACKENDS[-1]}")
+    refuse_inapplicable_guest_options(guest, [backend] if backend else [])
     cpu = resolve_cpu(cpu_spec, cpuinfo)
     options = make_guest_options(**guest, cpu=cpu)
     with KernelModel.open(vmlinux, layout, system_map=system_map, btf=btf,
                           progress=say_progress()) as model:
         keep_until_exit(model)
+        if layout and model.records is None:
+            raise UsageError(f"--layout: {vmlinux} has no .parainstructions (6.8+ kernels "
+                             "record pv calls in .altinstructions): no record layout to force")
+        patched = _recognised(model)
         sites = select(model.sites.sites, ops, functions)
-        static_sites = select_static(model.static_calls.sites, ops, functions)
+        static_sites = select_static_sites(model.static_calls.sites, ops, functions)
         be = load_backend(model, backend, vcpus, options) if backend else None
         nops = _nops(model, cpu) if backend else None
         if as_json:
             doc = inspect_dict(model, sites, be, with_sites=list_sites,
-                               static_sites=static_sites, nops=nops)
+                               static_sites=static_sites, nops=nops, patched=patched)
             doc["input"] = describe_input(model.image)
             doc["input"]["types"] = model_types(model, btf)
             click.echo(json.dumps(doc))
             return
-        head, _, rest = render_summary(model, sites, be, static_sites, nops).partition("\n")
+        head, _, rest = render_summary(model, sites, be, static_sites, nops,
+                                       patched).partition("\n")
         click.echo("\n".join([head, f"  input     {input_line(model.image)}",
                               f"  types     {model_types(model, btf)}", rest]))
         if list_sites:
@@ -111,29 +121,21 @@ def _nops(model: KernelModel, cpu: Cpu) -> NopChoice:
     return nop_choice(model, cpu)
 
 
+def _recognised(model: KernelModel) -> Recognition | None:
+    """Which configuration an already-patched image matches (its 6.8+ sites then get their
+    slots back). A pristine image pays nothing, not even the planner's import (capstone)."""
+    if model.sites.patched is None:
+        return None
+    from pvpatch.patch.recognise import recognise, restore_slots
+
+    found = recognise(model)
+    if found is not None:
+        restore_slots(model, found)
+    return found
+
+
 def model_types(model: KernelModel, btf: str | None) -> str:
     b = model.builtin
     return describe_types(model.types, btf, b.described if b else None,
                           b.detail if b and b.table else None)
 
-
-def select(sites: list[Site], ops: tuple[str, ...], functions: tuple[str, ...]) -> list[Site]:
-    def wanted(s: Site) -> bool:  # s.function costs a symbol index: only ask when filtering
-        return (not ops or any(fnmatch.fnmatchcase(s.op, g) for g in ops)) and \
-            (not functions or any(fnmatch.fnmatchcase(s.function.split("+", 1)[0], g)
-                                  for g in functions))
-
-    return [s for s in sites if wanted(s)]
-
-
-def select_static(sites: list[StaticCallSite], ops: tuple[str, ...],
-                  functions: tuple[str, ...]) -> list[StaticCallSite]:
-    """--op matches a static call by its name (``pv_steal_clock``) or as
-    ``static_call.pv_steal_clock``; --function as for pv sites."""
-    def wanted(s: StaticCallSite) -> bool:
-        return (not ops or any(fnmatch.fnmatchcase(s.key, g) or fnmatch.fnmatchcase(s.op, g)
-                               for g in ops)) and \
-            (not functions or any(fnmatch.fnmatchcase(s.function.split("+", 1)[0], g)
-                                  for g in functions))
-
-    return [s for s in sites if wanted(s)]

@@ -314,6 +314,13 @@ class ElfImage:
 
         return SymbolTable.from_image(self)
 
+    @cached_property
+    def build_id(self) -> str | None:
+        """The GNU build-id in hex (None: the image has none); see :mod:`.buildid`."""
+        from pvpatch.image.buildid import read_build_id
+
+        return read_build_id(self)
+
     def use_symbols(self, table: SymbolTable) -> None:
         """Name addresses with ``table`` (e.g. from a System.map) instead of the image's own."""
         self.__dict__["symbols"] = table

@@ -1,6 +1,7 @@
 """Open whatever kernel image a user has: a vmlinux ELF, or a bzImage (``/boot/vmlinuz-*``).
 
-Every command opens its input through :func:`open_image`, so each accepts a vmlinuz: the
+Every command opens its input through :func:`open_image`, so each accepts a vmlinuz (and
+refuses an ELF that is no kernel, :mod:`pvpatch.image.kernel_evidence`): the
 compressed vmlinux is inflated into memory and read as an ELF like any other (see
 :mod:`pvpatch.image.bzimage`). ``--system-map`` replaces the image's own symbols.
 """
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pvpatch.errors import InputError
 from pvpatch.image.bzimage import BootImage, decompress, is_bzimage, mib, parse_header
 from pvpatch.image.elf import ElfImage
+from pvpatch.image.kernel_evidence import require_kernel
 
 Say = Callable[[str], None]
 
@@ -33,14 +35,15 @@ def open_image(path: str, *, system_map: str | None = None,
     else:
         image = open_bzimage(path, progress)
     image.progress = progress
-    if system_map is not None:
-        from pvpatch.image.sysmap import load_system_map
+    try:
+        require_kernel(image)
+        if system_map is not None:
+            from pvpatch.image.sysmap import load_system_map
 
-        try:
             image.use_symbols(load_system_map(system_map, image))
-        except BaseException:
-            image.close()
-            raise
+    except BaseException:
+        image.close()
+        raise
     return image
 
 

@@ -189,6 +189,11 @@ class SymbolTable:
     def __len__(self) -> int:
         return len(self._raw) // self._entsize
 
+    def record(self, i: int) -> Symbol:
+        """The ``i``-th record as stored (index 0 is ELF's null symbol): for readers that
+        walk the table, such as the tests that hold it to an independent ELF reader."""
+        return self._symbol(i)
+
     def _row(self, i: int) -> tuple[int, ...]:
         return self._layout.fmt.unpack_from(self._raw, i * self._entsize)
 

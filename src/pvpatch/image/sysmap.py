@@ -13,13 +13,29 @@ from pvpatch.image.symbols import SymbolTable
 
 MIN_MATCHING = 0.9  # share of the map's text symbols that must land in the image's code
 
+# Symbols the linker script defines at one edge of an output section, in every era pvpatch
+# reads (arch/x86/kernel/vmlinux.lds.S; include/asm-generic/vmlinux.lds.h INIT_TEXT_SECTION):
+# a map of this build has them exactly there, while another build's tables end elsewhere.
+SECTION_EDGES = (
+    ("__parainstructions", ".parainstructions", "start"),
+    ("__parainstructions_end", ".parainstructions", "end"),
+    ("__alt_instructions", ".altinstructions", "start"),
+    ("__alt_instructions_end", ".altinstructions", "end"),
+    ("_sinittext", ".init.text", "start"),
+    ("_einittext", ".init.text", "end"),
+)
+# Symbols compared with the image's own (.symtab, else kallsyms) wherever it has them.
+ANCHORS = ("_text", "_stext", "_etext", "linux_banner", "pv_ops",
+           *(name for name, _sec, _edge in SECTION_EDGES))
+BANNER = b"Linux version "
+
 
 def parse_system_map(text: str, path: str) -> list[tuple[str, int, str]]:
     entries = []
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
-        if not parts:
-            continue
+        if not parts or (len(parts) == 2 and parts[0] in ("U", "w", "v")):
+            continue  # blank, or nm's undefined symbol (scripts/mksysmap drops them)
         if "System.map" in line or len(parts) < 3 or len(parts[1]) != 1:
             if "real System.map" in line or "-dbg" in line:
                 said = " ".join(parts[2:])
@@ -48,6 +64,10 @@ def load_system_map(path: str, image: ElfImage) -> SymbolTable:
     except OSError as e:
         raise InputError(f"cannot open: {e.strerror}", path) from None
     entries = parse_system_map(text, path)
+    why = anchor_mismatch(image, {n: a for n, a, _t in entries if n in ANCHORS})
+    if why is not None:
+        raise InputError(f"does not match {image.path}: {why} (a System.map of another "
+                         "build?)", path)
     text_syms = [a for _n, a, t in entries if t in "tT"]
     if text_syms:
         inside = sum(1 for a in text_syms if (s := image.section_at(a)) is not None and s.is_exec)
@@ -56,3 +76,27 @@ def load_system_map(path: str, image: ElfImage) -> SymbolTable:
                              f"{len(text_syms)} text symbols lie outside its code (another "
                              "build, or a KASLR-shifted /proc/kallsyms?)", path)
     return SymbolTable.from_entries(image, entries, "System.map")
+
+
+def anchor_mismatch(image: ElfImage, anchors: dict[str, int]) -> str | None:
+    """Where the map's anchor symbols disagree with the image, in a phrase (None: they
+    agree, or the map has none): the image's own symbols, the edges of the sections the
+    linker script bounds with them, and linux_banner pointing at the banner's bytes."""
+    own = image.symbols  # still the image's own table: the map replaces it only afterwards
+    for name, addr in anchors.items():
+        mine = own.get(name)
+        if mine is not None and mine.value != addr:
+            return (f"it puts {name} at {addr:#x}, the image's {own.source} at "
+                    f"{mine.value:#x}")
+    for name, section, edge in SECTION_EDGES:
+        sec = image.section(section)
+        if name not in anchors or sec is None:
+            continue
+        at = sec.addr if edge == "start" else sec.addr + sec.size
+        if anchors[name] != at:
+            return (f"it puts {name} at {anchors[name]:#x}, where the image's {section} "
+                    f"{'starts' if edge == 'start' else 'ends'} at {at:#x}")
+    banner = anchors.get("linux_banner")
+    if banner is not None and image.try_read(banner, len(BANNER)) != BANNER:
+        return f"its linux_banner ({banner:#x}) does not point at \"{BANNER.decode()}…\""
+    return None

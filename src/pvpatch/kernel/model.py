@@ -14,7 +14,8 @@ from functools import cached_property
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
-from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin
+from pvpatch.kernel.btf_fit import check_btf_fits
+from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin, locate_by_contents
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
 from pvpatch.kernel.pvops import PvOps, has_table_symbol
@@ -55,7 +56,10 @@ class KernelModel:
 
     @cached_property
     def types(self) -> TypeSource | None:
-        return load_types(self.image, self.btf_path)
+        types = load_types(self.image, self.btf_path)
+        if self.btf_path is not None and types is not None:
+            check_btf_fits(self.image, types, self.btf_path)  # another kernel's: refused
+        return types
 
     @cached_property
     def table_base(self) -> TableBase | None:
@@ -66,7 +70,15 @@ class KernelModel:
         if key is not None and key < (4, 20, 0):
             return TableBase(None, 0, 0, None, f"kernel {self.version.short} keeps its ops in "
                              "separate globals before 4.20: no single table to derive")
-        return derive_table_base(self.image, self.records.records)
+        found = derive_table_base(self.image, self.records.records)
+        if found.address is None and found.total == 0:  # no site reads a slot: patched?
+            located = locate_by_contents(self.image, self.version, self.records.highest_type)
+            if located is not None:
+                base, table = located
+                return TableBase(base, 0, 0, self.records.highest_type, found_by=(
+                    f'address of the initialiser the built-in table "{table.name}" describes '
+                    "(no call site reads its slot: already patched)"))
+        return found
 
     @cached_property
     def builtin(self) -> BuiltinChoice | None:

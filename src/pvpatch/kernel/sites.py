@@ -3,7 +3,9 @@
 Read → validate, in the manner of BOLT's ``readParaInstructions``: the record layout comes from
 the image's type for ``struct paravirt_patch_site`` when it has one, otherwise each candidate
 layout is tried and kept only if every record points at code of exactly ``len`` bytes that holds
-an indirect call or jump. Each site is then cross-checked against the slot its call addresses.
+an indirect call or jump — or, when none validates so, if most records point at what boot
+patching leaves there (an already-patched image, :mod:`pvpatch.kernel.boot_patched`). Each site
+is then cross-checked against the slot its call addresses.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage, Section
 from pvpatch.image.symbols import SymbolTable
 from pvpatch.kernel.alternatives import AltTable
+from pvpatch.kernel.boot_patched import BAD, INDIRECT, PATCHED, PatchedLook, looks_patched
 from pvpatch.kernel.clobbers import ClobberBits
 from pvpatch.kernel.era import G1_TYPES
 from pvpatch.kernel.pvops import PvOps, Slot
@@ -45,6 +48,9 @@ class Site:
     problems: list[str] = field(default_factory=list)
     kind: str | None = None  # 2.6.20–21: the op the enum type byte names
     code: bytes | None = field(default=None, repr=False)  # the bytes, as the file has them
+    form: str = ""  # boot_patched: INDIRECT (as built), PATCHED (as boot patching leaves), BAD
+    # problems that hold only if the image is not patched (a patched-form site's missing call)
+    deferred: list[str] = field(default_factory=list, repr=False)
     _function: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -74,6 +80,7 @@ class SiteTable:
     sites: list[Site]
     section: Section | None
     origin: str = SECTION  # where the sites are recorded
+    patched: PatchedLook | None = None  # most sites already hold what boot patching leaves
 
 
 class Record(NamedTuple):
@@ -131,7 +138,20 @@ def read_sites(image: ElfImage, records: RecordSet | None, pvops: PvOps,
     for s in sites:
         if s.clobbers is not None:
             s.problems.extend(_check_clobber_bits(s.clobbers, clobber_bits))
-    return SiteTable(records.layout, records.layout_reason, sites, records.section)
+    return SiteTable(records.layout, records.layout_reason, sites, records.section,
+                     patched=_settle(sites))
+
+
+def _settle(sites: list[Site]) -> PatchedLook | None:
+    """Decide, from all sites at once, whether their patched forms are defects (a pristine
+    image: each site keeps its problem) or the image's state (patched: said once)."""
+    look = looks_patched([s.form for s in sites])
+    if look is None:
+        for s in sites:
+            if s.deferred:
+                s.problems[:0] = s.deferred
+                s.deferred = []
+    return look
 
 
 def _direct_call_sites(image: ElfImage, pvops: PvOps, alts: AltTable) -> SiteTable:
@@ -146,7 +166,7 @@ def _direct_call_sites(image: ElfImage, pvops: PvOps, alts: AltTable) -> SiteTab
     reason = (f"no {SECTION} (6.8+): {len(sites)} .altinstructions entries flagged "
               f"ALT_FLAG_DIRECT_CALL; {alts.reason}")
     return SiteTable(None, reason, sites, image.section(".altinstructions"),
-                     ".altinstructions (ALT_FLAG_DIRECT_CALL)")
+                     ".altinstructions (ALT_FLAG_DIRECT_CALL)", patched=_settle(sites))
 
 
 def _records(raw: memoryview, layout: RecordLayout) -> list[Record]:
@@ -249,16 +269,23 @@ def _by_validation(image: ElfImage, raw: memoryview, fitting: list[RecordLayout]
             same = [c for c in fitting if c.stride == cand.stride]
             return _variant(image, raw, same, version)
         failures.append(f"{cand.name}: {bad}")
+    for cand in fitting:  # none as built: is it an image boot patching already rewrote?
+        forms = [_code_shape(image, r.address, r.length)[0] for r in _records(raw, cand)]
+        if BAD not in forms and looks_patched(forms):
+            same = [c for c in fitting if c.stride == cand.stride]
+            return _variant(image, raw, same, version, "no type information: every record "
+                            "points at what boot patching leaves (already patched)")
     raise InputError(f"{SECTION}: no record layout validates ({'; '.join(failures)})",
                      image.path)
 
 
 def _variant(image: ElfImage, raw: memoryview, same: list[RecordLayout],
-             version: KernelVersion | None) -> tuple[RecordLayout, str]:
+             version: KernelVersion | None,
+             why: str = "no type information: every record validated against the code"
+             ) -> tuple[RecordLayout, str]:
     """Bytes first: all-zero clobber words mean there are none (6.2+). Then the version: the
     kernel reads the words up to 4.19 and ignores them 4.20–6.1, which no byte shows. With
     no version, a pv_ops symbol (4.20+) says they are stale."""
-    why = "no type information: every record validated against the code"
     worded = [c for c in same if c.clobbers_off is not None]
     written = bool(worded) and _clobber_words_written(raw, worded[0])
     allowed = [c for c in same if (c.clobbers_off is not None) == written] or same
@@ -279,31 +306,33 @@ def _variant(image: ElfImage, raw: memoryview, same: list[RecordLayout],
 
 
 def _first_invalid(image: ElfImage, records: list[Record]) -> str | None:
+    """The first record that is not a pv call site as built."""
     for r in records:
-        problem = _code_problem(image, r.address, r.length)
+        problem = _code_shape(image, r.address, r.length)[1]
         if problem:
             return f"record {r.index}: {problem}"
     return None
 
 
-def _code_problem(image: ElfImage, addr: int, length: int,
-                  insns: list[Insn] | None = None, sec: Section | None = None) -> str | None:
-    """Why the record at ``addr`` is not a pv call site of ``length`` bytes (None: it is)."""
+def _code_shape(image: ElfImage, addr: int, length: int, insns: list[Insn] | None = None,
+                sec: Section | None = None) -> tuple[str, str | None]:
+    """The site's form (boot_patched: INDIRECT, PATCHED, BAD) and why it is not a pv call
+    site of ``length`` bytes as built (None: it is)."""
     if not 0 < length <= MAX_SITE_LEN:
-        return f"length {length} is outside 1..{MAX_SITE_LEN}"
+        return BAD, f"length {length} is outside 1..{MAX_SITE_LEN}"
     sec = sec or image.section_at(addr, length)
     if sec is None or not sec.is_exec:
-        return f"{addr:#x} is not in an executable section"
+        return BAD, f"{addr:#x} is not in an executable section"
     if insns is None:
         code = image.try_read(addr, length)
         if code is None:
-            return f"{addr:#x} has no bytes in the file"
+            return BAD, f"{addr:#x} has no bytes in the file"
         insns = decode(code, addr, image.bits)
     if sum(i.size for i in insns) != length:
-        return f"the {length} bytes at {addr:#x} do not decode to whole instructions"
+        return BAD, f"the {length} bytes at {addr:#x} do not decode to whole instructions"
     if not any(i.is_indirect_branch for i in insns):
-        return f"no indirect call or jump in the {length} bytes at {addr:#x}"
-    return None
+        return PATCHED, f"no indirect call or jump in the {length} bytes at {addr:#x}"
+    return INDIRECT, None
 
 
 # -- per-site decoding ------------------------------------------------------------------------
@@ -318,9 +347,10 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = Fals
     if code:
         site.insns = decode(code, site.address, image.bits)
         site.call_target = next((i.mem_target for i in site.insns if i.is_indirect_branch), None)
-    problem = _code_problem(image, site.address, site.length, site.insns if code else None, sec)
-    if problem:
-        site.problems.append(problem)
+    site.form, problem = _code_shape(image, site.address, site.length,
+                                     site.insns if code else None, sec)
+    if problem:  # a patched form is a problem only if the image turns out not to be patched
+        (site.deferred if site.form == PATCHED else site.problems).append(problem)
     if by_call:  # no type byte: the slot is what the call reads
         via = pvops.slot_by_address(site.call_target) if site.call_target is not None else None
         site.type = via.index if via else -1
@@ -328,7 +358,9 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = Fals
         return _decode_enum_site(site, pvops)
     site.slot = pvops.slot(site.type)
     if site.slot is None:
-        site.problems.append(f"type {site.type} names no slot of {pvops.described}")
+        unread = by_call and site.form == PATCHED  # 6.8+: the slot went with the call
+        (site.deferred if unread else site.problems).append(
+            f"type {site.type} names no slot of {pvops.described}")
     else:
         _cross_check(site, pvops)
         site.native_target, site.native_name = pvops.initial_target(site.slot)
@@ -360,6 +392,14 @@ def _check_clobber_bits(mask: int, bits: ClobberBits) -> list[str]:
     extra = mask & ~bits.any
     return [f"clobber mask {mask:#x} has bits {extra:#x} no register is assigned to"] if extra \
         else []
+
+
+def give_slot(site: Site, index: int, pvops: PvOps) -> None:
+    """A patched 6.8+ site's slot, recovered from what its bytes now call (its indirect
+    call, which named the slot, is gone): see ``pvpatch.patch.recognise``."""
+    site.type, site.slot = index, pvops.slot(index)
+    if site.slot is not None:
+        site.native_target, site.native_name = pvops.initial_target(site.slot)
 
 
 def site_bytes(image: ElfImage, site: Site) -> bytes:

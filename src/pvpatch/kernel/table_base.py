@@ -30,11 +30,14 @@ class TableBase:
     total: int  # sites whose call has an absolute memory operand
     highest_type: int | None  # the largest type byte of the agreeing sites
     reason: str = ""  # why no address, when address is None
+    found_by: str = ""  # how the address was found when not from the call sites
 
     @property
     def described(self) -> str:
         if self.address is None:
             return self.reason
+        if self.found_by:
+            return self.found_by
         of = "" if self.agreeing == self.total else f" of {self.total}"
         return f"address derived from {self.agreeing}{of} call sites"
 

@@ -16,6 +16,10 @@ from pvpatch.image.notes import iter_notes, note_areas
 LINUX_ELFNOTE_BUILD_SALT = 0x100  # include/linux/build-salt.h: the release string
 _DISTRO = re.compile(r"(Debian|Ubuntu) (\d+\.\d+\.\d+[\w.+~-]*)")
 _RELEASE = re.compile(rb"Linux version (\d+)\.(\d+)(?:\.(\d+))?(\S*)")
+# The release's head before its flavour: the version, an -rc, then one ABI or package number
+# (-50, +deb12, -300): Debian's 6.1.0-57-686-pae is flavour 686-pae, not pae.
+_BEFORE_FLAVOUR = re.compile(r"\d+\.\d+(?:\.\d+)*(?:-rc\d+)?(?:[-+](?:deb\d+(?:u\d+)?|\d+))?"
+                             r"[-+.~]?")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class KernelVersion:
         if self.major is None or self.minor is None:
             return None
         return (self.major, self.minor, (self.patch or 0) if self.major == 2 else 0)
+
+    @property
+    def flavour(self) -> str | None:
+        """The build's configuration name at the end of the release: ``cloud-amd64`` of
+        ``6.1.0-50-cloud-amd64``, ``amd64`` of ``6.12.118+deb12-amd64`` ("" when none)."""
+        return None if self.release is None else release_flavour(self.release)
 
     @property
     def short(self) -> str:
@@ -73,3 +83,16 @@ def _parse(text: bytes) -> tuple[str, int, int, int | None] | None:
     release = m.group(0)[len(b"Linux version "):].decode("latin-1")
     patch = int(m.group(3)) if m.group(3) else None
     return release, int(m.group(1)), int(m.group(2)), patch
+
+
+def release_flavour(release: str) -> str:
+    """``uname -r`` without its version and ABI number: what two builds of one kernel
+    configuration share across updates (see :attr:`KernelVersion.flavour`)."""
+    head = _BEFORE_FLAVOUR.match(release)
+    return release[head.end():] if head else release
+
+
+def release_series(release: str) -> str | None:
+    """``major.minor`` of a release string (``6.1`` of ``6.1.0-50-cloud-amd64``)."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return f"{m.group(1)}.{m.group(2)}" if m else None

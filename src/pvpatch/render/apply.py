@@ -86,7 +86,9 @@ def plan_dict(plan: PatchPlan, bits: int, extra: dict | None = None) -> dict:
     }
 
 
-def render_summary(plan: PatchPlan, header: list[str]) -> str:
+def render_summary(plan: PatchPlan, header: list[str],
+                   shown: list[SitePatch] | None = None) -> str:
+    """The plan's summary; the op table has the ``shown`` sites (default: all)."""
     lines = list(header)
     be = plan.backend
     lines.append(f"  backend   {be.name}: {be.description}")
@@ -101,7 +103,7 @@ def render_summary(plan: PatchPlan, header: list[str]) -> str:
     problems = sum(len(p.problems) for p in plan.patches)
     lines.append(f"  problems  {problems or 'none'}")
     lines += render_plan_lines(plan.static_calls, plan.static_call_notes)
-    lines += ["", render_ops(plan.patches)]
+    lines += ["", render_ops(plan.patches if shown is None else shown)]
     if plan.static_calls:
         lines += ["", render_plan_keys(plan.static_calls)]
     return "\n".join(lines)

@@ -60,6 +60,8 @@ def check_dict(run: CheckRun, fail_on: str, baseline: Baseline | None) -> dict:
         "schema": SCHEMA,
         "input": run.path,
         "kernel": run.release,
+        "machine": run.machine,
+        "build_id": run.build_id,
         "backends": [{"name": b.name, "description": b.description} for b in run.backends],
         "notes": run.notes,
         "nops": nops_dict(run.nops),

@@ -22,6 +22,9 @@ from pvpatch.render.static_calls import (
     render_inspect_lines,
     render_inspect_sites,
 )
+
+if TYPE_CHECKING:
+    from pvpatch.patch.recognise import Recognition
 from pvpatch.render.table import table
 
 if TYPE_CHECKING:  # plain inspect resolves no backend and plans nothing: not imported then
@@ -84,7 +87,7 @@ def backend_ops(backend: Backend) -> list[dict]:
 def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
                  with_sites: bool = True,
                  static_sites: list[StaticCallSite] | None = None,
-                 nops: NopChoice | None = None) -> dict:
+                 nops: NopChoice | None = None, patched: Recognition | None = None) -> dict:
     """The whole report; ``static_sites`` are the pv static-call sites selected (all: None)."""
     table_ = model.sites
     v = model.version
@@ -93,6 +96,7 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "schema": SCHEMA,
         "file": model.image.path,
         "machine": model.image.machine,
+        "build_id": model.image.build_id,
         "kernel": {"release": v.release, "version": v.short, "distro": v.distro,
                    "banner": v.banner, "source": v.source},
         "patch_era": _era_dict(model),
@@ -116,6 +120,7 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
         "ops": [{"op": o.op, "type": o.slot, "sites": o.sites, "native_target": o.native_target,
                  "native_address": _hex(o.native_address)} for o in summarize_ops(sites)],
         "problems": sum(len(s.problems) for s in sites),
+        "already_patched": None if patched is None else patched.to_json(),
         "backend": None if backend is None else {
             "name": backend.name, "description": backend.description,
             "features": backend.feature_reasons, "ops": backend_ops(backend),
@@ -142,15 +147,16 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
 
 def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None,
                    static_sites: list[StaticCallSite] | None = None,
-                   nops: NopChoice | None = None) -> str:
+                   nops: NopChoice | None = None, patched: Recognition | None = None) -> str:
     d = inspect_dict(model, sites, backend, with_sites=False, static_sites=static_sites,
-                     nops=nops)
+                     nops=nops, patched=patched)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"
     if k["distro"]:
         kernel += f" ({k['distro']})"
     lines.append(f"  kernel    {kernel}, {d['machine']}  [from {k['source']}]")
+    lines.append(f"  build-id  {d['build_id'] or 'none (no NT_GNU_BUILD_ID note)'}")
     lines.append(f"  pv table  {d['pv_table']['container']}, {d['pv_table']['slots']} slots")
     era = d["patch_era"]
     if era is not None:
@@ -173,6 +179,8 @@ def render_summary(model: KernelModel, sites: list[Site], backend: Backend | Non
     lines.append(f"  sites     {d['selected']}{shown}: {per_sec or 'none'}")
     lines.append(f"  problems  {d['problems'] or 'none'}")
     lines += render_inspect_lines(d["static_calls"])
+    if patched is not None:
+        lines.append(f"  patched   {patched.look.described}; {patched.described}")
     if backend is not None:
         lines.append(f"  backend   {backend.name}: {backend.description}")
         lines += [f"            {k}: {v}" for k, v in backend.feature_reasons.items()]

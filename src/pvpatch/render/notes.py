@@ -301,6 +301,7 @@ def to_json(image: ElfImage, xen: XenNotes, report: CheckReport | None = None) -
     return {
         "schema": SCHEMA,
         "file": xen.path,
+        "build_id": image.build_id,
         "elf": {"class": xen.bits, "machine": xen.machine, "e_entry": _hex(xen.e_entry),
                 "e_entry_symbol": _symbol(image, xen.e_entry)},
         "source": xen.source,
