@@ -46,7 +46,7 @@ def test_code_and_tables_give_the_same_bytes(vcpus):
         return site["op"], site["outcome"], site["target"], site["after"][10 if call else 0:]
 
     assert [outcome(s) for s in code["sites"]] == [outcome(s) for s in tables["sites"]]
-    assert "start-up code read from the image" in code["backend"]["description"]
+    assert "read from its start-up code" in code["backend"]["description"]
     assert "start-up code" not in tables["backend"]["description"]
 
 

@@ -257,8 +257,8 @@ def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | N
         else:
             out[i] = Resolution(slot, value, name, f"set by {origin.how}")
     ran = ", ".join(result.ran)
-    desc = (f"Xen PV guest with {vcpus} vCPU(s); start-up code read from the image "
-            f"({ran}); steps {XEN_STARTUP.versions}")
+    desc = (f"Xen PV guest with {vcpus} vCPU(s); values read from its start-up code "
+            f"({len(result.ran)} functions: {ran}); steps {XEN_STARTUP.versions}")
     backend = Backend("xen", desc, out, startup=result,
                       static_calls=_static_calls(model, result))
     backend.notes += [f"{f} {why}" for f, why in result.skipped if why.startswith("does not")]

@@ -308,8 +308,7 @@ class StartupRules:
 
 _SMP = "smp_ops.smp_prepare_boot_cpu (start_kernel, before alternative patching)"
 XEN_STARTUP = StartupRules(
-    versions="4.20+ (start-up functions read in Debian 5.10.223, 6.1.176, 6.12.118 and 7.3.4: "
-             "arch/x86/xen/enlighten_pv.c, irq.c, mmu_pv.c, smp_pv.c, spinlock.c, time.c)",
+    versions="4.20+ (read in Debian 5.10.223, 6.1.176, 6.12.118 and 7.3.4)",
     span=vr("4.20"),
     last_read=(7, 3, 0),
     steps=(
