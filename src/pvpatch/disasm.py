@@ -6,16 +6,16 @@ and gives operand details (base register, displacement) needed to find a call's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache, lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     import capstone
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(NamedTuple):
+    """One decoded instruction (a tuple: thousands are made per command)."""
+
     address: int
     size: int
     mnemonic: str

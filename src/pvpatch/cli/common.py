@@ -8,8 +8,6 @@ from typing import TypeVar
 
 import click
 
-from pvpatch.cpu import CPU_SPEC
-
 F = TypeVar("F", bound=Callable[..., object])
 
 _KEPT: list[object] | None = None  # a list once main() promised to leave with os._exit
@@ -72,7 +70,7 @@ def cpu_options() -> Callable[[F], F]:
             "--cpuinfo", "cpuinfo", metavar="FILE", type=click.Path(dir_okay=False),
             help="Take the boot CPU from a /proc/cpuinfo (its first processor).")(f)
         return click.option(
-            "--cpu", "cpu_spec", metavar=CPU_SPEC,
+            "--cpu", "cpu_spec", metavar="VENDOR[:FAMILY[:MODEL]]",
             help="The boot CPU, for kernels up to 5.12 whose padding NOPs depend on it: "
                  "intel, amd, hygon, centaur or zhaoxin, family and model decimal or 0x-hex "
                  "(amd:15:107 is QEMU's qemu64).  [default: a current x86 CPU: P6 NOPs "

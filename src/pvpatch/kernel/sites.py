@@ -31,7 +31,7 @@ SECTION = ".parainstructions"
 MAX_SITE_LEN = 32  # the kernel's MAX_PATCH_LEN is 32 (alternative.c); longer is corrupt
 
 
-@dataclass
+@dataclass(slots=True)
 class Site:
     index: int
     address: int
@@ -345,10 +345,17 @@ def _decode_site(image: ElfImage, site: Site, pvops: PvOps, by_call: bool = Fals
     code = image.try_read(site.address, site.length) if 0 < site.length <= MAX_SITE_LEN else None
     site.code = code
     if code:
-        site.insns = decode(code, site.address, image.bits)
-        site.call_target = next((i.mem_target for i in site.insns if i.is_indirect_branch), None)
-    site.form, problem = _code_shape(image, site.address, site.length,
-                                     site.insns if code else None, sec)
+        site.insns = insns = decode(code, site.address, image.bits)
+        one = insns[0] if len(insns) == 1 else None
+        if one is not None and one.is_indirect_branch and one.size == site.length and \
+                sec is not None and sec.is_exec:  # nearly every site: the call as built
+            site.call_target, site.form, problem = one.mem_target, INDIRECT, None
+        else:
+            site.call_target = next((i.mem_target for i in insns if i.is_indirect_branch),
+                                    None)
+            site.form, problem = _code_shape(image, site.address, site.length, insns, sec)
+    else:
+        site.form, problem = _code_shape(image, site.address, site.length, None, sec)
     if problem:  # a patched form is a problem only if the image turns out not to be patched
         (site.deferred if site.form == PATCHED else site.problems).append(problem)
     if by_call:  # no type byte: the slot is what the call reads
