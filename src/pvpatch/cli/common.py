@@ -115,10 +115,13 @@ def make_guest_options(kvm_features: str | None = None, kvm_hints: str | None = 
     """:class:`pvpatch.backends.GuestOptions` from the option values; a bad name is a usage
     error. The guest sees MWAIT when --cpuinfo's flags say ``monitor`` (else it does not:
     QEMU hides it by default)."""
+    flags = getattr(cpu, "flags", None) or frozenset()
+    if not (kvm_features or kvm_hints or hyperv_features or vmware_features or cmdline or
+            "monitor" in flags):
+        return None  # every backend's stated default; the guests' parsers stay unimported
     from pvpatch.backends import GuestOptions, hyperv, kvm, vmware
     from pvpatch.errors import UsageError
 
-    flags = getattr(cpu, "flags", None) or frozenset()
     try:
         return GuestOptions(kvm.parse_features(kvm_features), kvm.parse_hints(kvm_hints),
                             hyperv.parse_features(hyperv_features),
