@@ -403,20 +403,49 @@ class SymbolTable:
 
     def describe_data(self, addr: int) -> str:
         """``object+0xoff`` for an address in data (the code index knows only code): the
-        sized symbol that holds it, found by a scan. For the rare report that needs it."""
+        sized symbol that holds it — of those, the one starting last, and of several starting
+        there the first defined."""
         exact = self.name_at(addr)
         if exact is not None:
             return exact
-        c = self._columns
-        best = None
-        for i in compress(range(len(c["value"])), map(addr.__ge__, c["value"])):
-            v, n = c["value"][i], c["size"][i]
-            if v + n > addr and c["name"][i] and (best is None or v > c["value"][best]):
-                best = i
+        best = self._holder(addr)
         if best is None:
             return self.describe(addr)
         sym = self._symbol(best)
         return f"{sym.name}+{addr - sym.value:#x}"
+
+    HOLDER_WALK = 256  # sized symbols looked at below an address before scanning them all
+
+    @cached_property
+    def _sized_index(self) -> tuple[list[int], list[int]]:
+        """(addresses, record indexes) of the named, sized symbols, sorted by address (table
+        order kept at a tie): describe_data bisects it instead of scanning every symbol (a
+        Xen plan asks it about the sources of its table copies)."""
+        c = self._columns
+        values = c["value"]
+        rows = list(compress(range(len(values)), map(bool, map(min, c["size"], c["name"]))))
+        rows.sort(key=values.__getitem__)
+        return list(map(values.__getitem__, rows)), rows
+
+    def _holder(self, addr: int) -> int | None:
+        c = self._columns
+        values, sizes = c["value"], c["size"]
+        addrs, rows = self._sized_index
+        pos = bisect.bisect_right(addrs, addr) - 1
+        for j in range(pos, max(-1, pos - self.HOLDER_WALK), -1):
+            i = rows[j]
+            if values[i] + sizes[i] > addr:  # the last start that holds it; the first row there
+                same = [r for r in rows[bisect.bisect_left(addrs, addrs[j]):j + 1]
+                        if values[r] + sizes[r] > addr]
+                return min(same)
+        if pos < self.HOLDER_WALK:
+            return None
+        best = None  # a holder further down (a huge object): the scan
+        for i in compress(range(len(values)), map(addr.__ge__, values)):
+            v, n = values[i], sizes[i]
+            if v + n > addr and c["name"][i] and (best is None or v > values[best]):
+                best = i
+        return best
 
     def name_at(self, addr: int) -> str | None:
         """Name of any symbol defined exactly at ``addr``: code first, then data (a scan)."""
