@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
@@ -24,6 +25,9 @@ from pvpatch.kernel.table_base import TableBase, derive_table_base
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
 from pvpatch.types.model import TypeSource
+
+if TYPE_CHECKING:
+    from pvpatch.kernel.stores import StoreReader
 
 
 @dataclass
@@ -116,3 +120,12 @@ class KernelModel:
         """The pv static calls (5.12+): keys, trampolines and ``.static_call_sites`` records;
         empty for a kernel that has none."""
         return read_static_calls(self.image, self.version)
+
+    @cached_property
+    def stores(self) -> StoreReader:
+        """The store decoder over the image's functions, shared by every backend that reads
+        start-up code: its decoded functions are cached, so a second backend (Xen with
+        another vCPU count) decodes nothing again."""
+        from pvpatch.kernel.stores import StoreReader  # capstone's decoder: only when asked
+
+        return StoreReader(self.image)
