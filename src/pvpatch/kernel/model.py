@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
+from pvpatch.kernel.boot_writes import BootWrites, read_boot_writes
 from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
@@ -120,6 +121,11 @@ class KernelModel:
         """The pv static calls (5.12+): keys, trampolines and ``.static_call_sites`` records;
         empty for a kernel that has none."""
         return read_static_calls(self.image, self.version)
+
+    @cached_property
+    def boot_writes(self) -> BootWrites | None:
+        """Where in .text boot may rewrite the image, per patch table (None: no .text)."""
+        return read_boot_writes(self.image, self.sites, self.static_calls, self.alternatives)
 
     @cached_property
     def stores(self) -> StoreReader:
