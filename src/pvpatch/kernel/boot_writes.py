@@ -30,8 +30,14 @@ TABLES = (
     ("smp_lock", "__smp_locks", "__smp_locks_end", 4, "rel32", 1),
     ("endbr_seal", "__ibt_endbr_seal", "__ibt_endbr_seal_end", 4, "rel32", 4),
 )
+# What a Xen PV guest's start-up writes into .text outside every table: the hypervisor fills
+# hypercall_page with its stubs (xen-head.S; gone where the xen_hypercall static call replaced
+# it: Debian 6.1.176+, 6.12), and xen_start_kernel() writes `jmp xen_iret` over
+# early_xen_iret_patch (__text_gen_insn, 8b87d8cec1b3, 5.18+). (symbol, bytes if unsized)
+XEN_START_WRITES = (("hypercall_page", 4096), ("early_xen_iret_patch", 5))
 # pv kinds first: a byte two tables name is counted for the first (boottest's accounting)
-KINDS = ("pv", "pv_static_call", "alternative", *(t[0] for t in TABLES), "static_call_tramp")
+KINDS = ("pv", "pv_static_call", "alternative", *(t[0] for t in TABLES), "static_call_tramp",
+         "xen_start")
 # arch_static_call_transform's check: a trampoline's 5-byte jmp/ret is followed by ud1 %esp,%ecx
 TRAMP_SIGNATURE = b"\x0f\xb9\xcc"
 
@@ -92,6 +98,10 @@ def table_spans(image: ElfImage, text: Section, alternatives: AltTable | None
         else:
             spans[kind] = found
     spans["static_call_tramp"] = _trampolines(image, text)
+    xen = [(sym.value, sym.size or length) for name, length in XEN_START_WRITES
+           if (sym := image.symbols.get(name)) is not None]
+    if xen:
+        spans["xen_start"] = xen
     return spans, notes
 
 
