@@ -35,9 +35,11 @@ TABLES = (
 # it: Debian 6.1.176+, 6.12), and xen_start_kernel() writes `jmp xen_iret` over
 # early_xen_iret_patch (__text_gen_insn, 8b87d8cec1b3, 5.18+). (symbol, bytes if unsized)
 XEN_START_WRITES = (("hypercall_page", 4096), ("early_xen_iret_patch", 5))
+# runtime_const_ptr / _shift_right_32 / _mask_32: the immediate's width, per section prefix
+RUNTIME_CONST_WIDTHS = {"ptr": 8, "shift": 1, "mask": 4}
 # pv kinds first: a byte two tables name is counted for the first (boottest's accounting)
 KINDS = ("pv", "pv_static_call", "alternative", *(t[0] for t in TABLES), "static_call_tramp",
-         "xen_start")
+         "runtime_const", "xen_start")
 # arch_static_call_transform's check: a trampoline's 5-byte jmp/ret is followed by ud1 %esp,%ecx
 TRAMP_SIGNATURE = b"\x0f\xb9\xcc"
 
@@ -98,6 +100,9 @@ def table_spans(image: ElfImage, text: Section, alternatives: AltTable | None
         else:
             spans[kind] = found
     spans["static_call_tramp"] = _trampolines(image, text)
+    consts = _runtime_consts(image)
+    if consts:
+        spans["runtime_const"] = consts
     xen = [(sym.value, sym.size or length) for name, length in XEN_START_WRITES
            if (sym := image.symbols.get(name)) is not None]
     if xen:
@@ -124,6 +129,23 @@ def _table(image: ElfImage, start_sym: str, end_sym: str, stride: int | None, ho
     rels.frombytes(raw[:len(raw) - len(raw) % 4])
     step = (stride or 8 + ptr) // 4  # an entry's s32 fields; the first names the site
     return [(start + 4 * step * i + rel, length) for i, rel in enumerate(rels[::step])]
+
+
+def _runtime_consts(image: ElfImage) -> list[Span]:
+    """The operands runtime_const_init() fills at boot (6.11+: the dentry hash, USER_PTR_MAX;
+    7.x: the futex hash): each entry of a ``runtime_<kind>_<symbol>`` section is an s32,
+    relative to itself, naming the end of the operand (asm/runtime-const.h)."""
+    out = []
+    for sec in image.sections:
+        kind = sec.name.split("_", 2)[1] if sec.name.startswith("runtime_") else ""
+        width = RUNTIME_CONST_WIDTHS.get(kind)
+        if width is None or not sec.has_file_data:
+            continue
+        rels = array("i")
+        raw = image.section_data(sec)
+        rels.frombytes(raw[:len(raw) - len(raw) % 4])
+        out += [(sec.addr + 4 * i + rel, width) for i, rel in enumerate(rels)]
+    return out
 
 
 def _trampolines(image: ElfImage, text: Section) -> list[Span]:
