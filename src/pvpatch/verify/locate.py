@@ -29,6 +29,7 @@ can find a kernel in a dump that records nothing of where it sits.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import mmap
 from collections.abc import Callable
@@ -92,7 +93,8 @@ class Locator:
 
     def __init__(self, text: bytes, mask: bytes | bytearray, pv_pages: set[int],
                  ram: bytes | mmap.mmap, base: int = 0, size: int | None = None,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None,
+                 max_searches: int | None = None) -> None:
         self.text = text
         self.ram = ram
         self.base = base
@@ -109,6 +111,8 @@ class Locator:
         self.pages = [text[i * PAGE:(i + 1) * PAGE] for i in range(self.npages)]
         self.page_ints = [int.from_bytes(p, "little") for p in self.pages]
         self.searches = 0
+        self.max_searches = max_searches  # a budget: searching another kernel's memory for
+        # every page of this one would scan the whole dump thousands of times
         self.has_sites = [mask.find(1, i * PAGE, (i + 1) * PAGE) >= 0
                           for i in range(self.npages)]
         self.pv_pages = pv_pages
@@ -158,6 +162,8 @@ class Locator:
         fragment that finds a matching frame finds them all.
         """
         for off, frag in self.fragments(page):
+            if self.max_searches is not None and self.searches >= self.max_searches:
+                return []
             self.searches += 1
             frames: set[int] = set()
             pos = self.ram.find(frag, self.base, self.end)
@@ -171,7 +177,9 @@ class Locator:
                 return fits
         return []
 
-    def locate(self) -> Located:
+    def locate(self, need_anchor: bool = False) -> Located:
+        """Every page's frame; with ``need_anchor``, none at all when no anchor page is found
+        (another kernel's memory would otherwise cost a search per page)."""
         n = self.npages
         seed: collections.Counter = collections.Counter()
         # 2. anchors: pages that boot patches most densely tell a live copy from a stale one
@@ -186,6 +194,8 @@ class Locator:
                 break
         if not seed:
             self.say("no anchor page found in the dump (is this the right kernel?)")
+            if need_anchor:
+                return Located([None] * n, [""] * n, [None] * n)
         featureless = {i for i in range(n) if not self.fragments(i, 1)}
         loc = self._sweep(seed, set(), featureless)
         # 4. a displacement at which a page holding pv sites matches unpatched is a stale copy
@@ -294,40 +304,57 @@ class Locator:
 
 
 @dataclass(frozen=True)
-class Fingerprint:
-    """A few windows of .text that no patch table names, spread over it: a cheap test of
-    "does the kernel's .text start here?" for each candidate placement of a whole image.
+class PageSample:
+    """Pages of .text spread over it, each with the bytes no pv site covers: a cheap test of
+    "does this kernel's .text start here?" for each placement a whole image may have.
 
-    A window may still hold an absolute operand the KASLR slide moved (when the image has no
-    relocations to exclude them), or a byte someone changed; a placement needs ``need`` of the
-    windows, not all.
-    """
+    A page of the same build held in memory keeps most of its bytes even where boot patched
+    ftrace calls and return thunks and KASLR moved absolute operands (97% of a Debian 6.1
+    .text is unchanged); another build's page, or anything else, keeps few. The pv sites,
+    densest in small images, are left out of the count."""
 
-    fragments: tuple[tuple[int, bytes], ...]  # (offset in .text, bytes)
-    need: int
+    pages: tuple[tuple[int, int, int, int], ...]  # (offset, length, bytes as int, mask as int)
+    need: int  # pages that must look alike
+
+    SIMILAR = 0.6  # share of a page's site-free bytes that must be equal
 
     @classmethod
-    def of(cls, text: bytes, mask: bytes | bytearray, count: int = 16, size: int = 32
-           ) -> Fingerprint:
+    def of(cls, text: bytes, sites: list[tuple[int, int]], count: int = 16) -> PageSample:
+        """``sites``: (offset in .text, length) of the pv sites, sorted."""
+        starts = [o for o, _ in sites]
+        npages = max(1, len(text) // PAGE)
         picked = []
-        for k in range(count):
-            off = (len(text) * k // count) // size * size
-            for _ in range(256):  # the next site-free, varied window from here
-                window = text[off:off + size]
-                if len(window) < size:
-                    break
-                if mask.find(1, off, off + size) < 0 and len(set(window)) >= size // 3:
-                    picked.append((off, window))
-                    break
-                off += size
+        for k in sorted({npages * k // count for k in range(count)}):
+            off = k * PAGE
+            n = min(PAGE, len(text) - off)
+            keep = bytearray(b"\xff" * n)
+            i = bisect.bisect_left(starts, off - 32)
+            while i < len(sites) and sites[i][0] < off + n:
+                a, ln = sites[i]
+                lo, hi = max(a, off) - off, min(a + ln, off + n) - off
+                if hi > lo:
+                    keep[lo:hi] = bytes(hi - lo)
+                i += 1
+            picked.append((off, n, int.from_bytes(text[off:off + n], "little"),
+                           int.from_bytes(keep, "little")))
         return cls(tuple(picked), max(1, len(picked) * 3 // 4))
 
     def holds(self, read: Callable[[int, int], bytes | None]) -> bool:
         """``read(offset in .text, n)`` gives memory's bytes there for this placement."""
-        misses = len(self.fragments) - self.need
-        for off, window in self.fragments:
-            if read(off, len(window)) != window:
+        misses = len(self.pages) - self.need
+        for off, n, want, keep in self.pages:
+            got = read(off, n)
+            if got is None or not self._alike(got, n, want, keep):
                 misses -= 1
                 if misses < 0:
                     return False
-        return bool(self.fragments)
+        return bool(self.pages)
+
+    @classmethod
+    def _alike(cls, got: bytes, n: int, want: int, keep: int) -> bool:
+        kept = n - keep.to_bytes(n, "little").count(0)
+        if not kept:
+            return True
+        differ = n - ((int.from_bytes(got, "little") ^ want) & keep).to_bytes(n, "little") \
+            .count(0)
+        return kept - differ >= kept * cls.SIMILAR
