@@ -20,7 +20,8 @@ from pvpatch.verify.locate import PAGE
 from pvpatch.verify.place import Placement
 from pvpatch.verify.relocate import Move, moves_from_forms, moves_from_relocations, relocate
 
-KINDS = ("pv site", "static-call site", "trampoline")
+KINDS = ("pv_site", "static_call_site", "trampoline")
+LABELS = {"pv_site": "pv site", "static_call_site": "static-call site", "trampoline": "trampoline"}
 
 
 @dataclass(frozen=True)
@@ -105,14 +106,14 @@ def build_places(model: KernelModel, where: Places, relocs: Relocations | None
         s = model.sites.sites[i]
         moves = moves_from_relocations(relocs, s.address, s.length) if relocs is not None \
             else moves_from_forms(s.insns, s.address, bits)
-        out.append(Place("pv site", s.address, s.length, s.op, site_bytes(image, s),
+        out.append(Place("pv_site", s.address, s.length, s.op, site_bytes(image, s),
                          tuple(moves), s))
     sites = {s.address: s for s in model.static_calls.sites}
     keys = {k.tramp: k for k in model.static_calls.keys.values() if k.tramp is not None}
     for kind, addr in where.static:
         if kind == "site":
             s = sites[addr]
-            out.append(Place("static-call site", addr, s.length, s.op, s.code or b"", (), s))
+            out.append(Place("static_call_site", addr, s.length, s.op, s.code or b"", (), s))
         else:
             k = keys[addr]
             out.append(Place("trampoline", addr, 5, f"static_call.{k.name}",
