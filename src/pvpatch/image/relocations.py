@@ -59,9 +59,7 @@ def slid_operands(image: ElfImage, target: Section) -> Relocations | None:
     entsize = (3 if sec.type == L.SHT_RELA else 2) * word  # offset, info[, addend]
     raw = image.section_data(sec)
     raw = raw[:len(raw) - len(raw) % entsize]
-    offsets = array("Q" if bits == 64 else "I")
-    offsets.frombytes(raw)
-    offsets = offsets[::entsize // word]
+    offsets = raw.cast("Q" if bits == 64 else "I")[::entsize // word]  # a strided view
     # the type is the low byte of r_info (every x86 type is below 256); the symbol index is
     # r_info >> 32 (x86-64) or >> 8 (i386)
     types = bytes(raw[word::entsize])
@@ -92,16 +90,13 @@ def _positions(marks: bytes, value: int) -> list[int]:
     return [m.start() for m in re.finditer(re.escape(bytes([value])), marks)]
 
 
-def _symbol_column(raw: memoryview, bits: int, entsize: int) -> array:
+def _symbol_column(raw: memoryview, bits: int, entsize: int) -> memoryview | array:
     """Each entry's symbol index (the high half of a 64-bit r_info; the top 24 bits of a
     32-bit one)."""
+    words = raw.cast("I")
     if bits == 64:
-        col = array("I")
-        col.frombytes(raw)
-        return col[3::entsize // 4]
-    col = array("I")
-    col.frombytes(raw)
-    return array("I", (info >> 8 for info in col[1::entsize // 4]))
+        return words[3::entsize // 4]  # a strided view
+    return array("I", (info >> 8 for info in words[1::entsize // 4]))
 
 
 def _percpu_symbols(image: ElfImage, rel: Section) -> frozenset[int]:

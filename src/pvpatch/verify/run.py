@@ -1,9 +1,9 @@
 """One verification: place the kernel, plan every configuration, compare, in that order.
 
-Planning is the costly part (a Xen plan reads the start-up code: ~0.5 s of a Debian kernel), so
-the configurations are planned in worker processes (``parallel.fork_map``), one per backend
-(Xen with 1 and with N vCPUs share the decoded start-up code), while this process finds the
-kernel in memory. They share nothing but the loaded, read-only model.
+Planning is the costly part (a Xen plan reads the start-up code: ~0.3 s of a Debian kernel), so
+Xen's configurations are planned in a worker process (``parallel.fork_map``; with 1 and with N
+vCPUs they share the decoded start-up code) while this process finds the kernel in memory and
+plans the native ones. The two share nothing but the loaded, read-only model.
 """
 
 from __future__ import annotations
@@ -14,30 +14,39 @@ from collections.abc import Callable
 from pvpatch.cpu import Cpu
 from pvpatch.image.memory import MemoryImage
 from pvpatch.kernel.model import KernelModel
+from pvpatch.kernel.sites import site_bytes
 from pvpatch.parallel import fork_map
 from pvpatch.verify.compare import Verification, build_places, compare, read_found
 from pvpatch.verify.configs import Config, Expected, Places, configurations, expect, places
-from pvpatch.verify.place import Placement, place
+from pvpatch.verify.place import Placement, check_text, place, text_relocations
 
 
 def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = None,
-           vcpus: int = 2, cpu: Cpu | None = None) -> Verification:
+           vcpus: int = 2, cpu: Cpu | None = None, text: bool = False) -> Verification:
     """Does ``memory`` hold, at every .text pv place, what some configuration of ``model``
-    leaves there? ``backend``/``cpu`` None: every backend / CPU class the image supports."""
+    leaves there? ``backend``/``cpu`` None: every backend / CPU class the image supports.
+    ``text``: also compare all of .text outside the patch tables (``place.check_text``)."""
     configs, skipped = configurations(model, backend, vcpus, cpu)
     where = places(model)
     _ = model.sites, model.static_calls, model.alternatives  # read once, before the fork
-    model.image.symbols.index_code()
-    jobs: list[Callable[[], object]] = [lambda: place(model, memory)]
-    jobs += [_planner(model, group, where, backend is not None) for group in _groups(configs)]
-    results = fork_map(lambda job: job(), jobs)
-    placement: Placement = results[0]  # type: ignore[assignment]
-    expected: list[Expected] = [e for group in results[1:] for e in group]  # type: ignore
+    explicit = backend is not None
+    native, *others = _groups(configs)  # native first: it is planned here, after placing
+
+    def here() -> tuple[Placement, list[Expected]]:
+        return _place(model, memory, text), _planner(model, native, where, explicit)()
+
+    results = fork_map(lambda job: job(),
+                       [here, *(_planner(model, g, where, explicit) for g in others)])
+    placement, mine = results[0]  # type: ignore[misc]
+    order = {c.key: i for i, c in enumerate(configs)}
+    expected: list[Expected] = sorted([*mine, *(e for group in results[1:] for e in group)],
+                                      key=lambda e: order[e.config.key])  # type: ignore
     skipped += [(e.config.name, e.skipped) for e in expected if e.skipped]
     slide = placement.slide
+    if slide and placement.relocations is None and _as_built(model, where, expected):
+        placement.relocations = text_relocations(model)
     pl = build_places(model, where, placement.relocations if slide else None)
-    text = model.image.section(".text")
-    found = read_found(pl, placement, text.addr)
+    found = read_found(pl, placement, model.image.section(".text").addr)
     outcomes = [compare(pl, found, e, slide) for e in expected if not e.skipped]
     notes = list(placement.notes)
     if slide and placement.relocations is None:
@@ -48,9 +57,27 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
                         _freed(model), model.image.bits, notes)
 
 
+def _place(model: KernelModel, memory: MemoryImage, text: bool) -> Placement:
+    """This process's share while the planners run: find the kernel, compare its .text."""
+    p = place(model, memory)
+    if text:
+        check_text(model, memory, p)
+    return p
+
+
+def _as_built(model: KernelModel, where: Places, expected: list[Expected]) -> bool:
+    """Does some configuration leave a pv site as built? Only then can the slide have moved
+    an operand it expects (every byte a plan writes is computed at the runtime address)."""
+    sites = model.sites.sites
+    built = {i: site_bytes(model.image, sites[i]) for i in where.pv}
+    return any(e.pv[k] == built[i] for e in expected if not e.skipped
+               for k, i in enumerate(where.pv))
+
+
 def _groups(configs: list[Config]) -> list[list[Config]]:
-    """Configurations by backend, in the order given (a Xen group shares its decoder)."""
-    out: dict[str, list[Config]] = {}
+    """Configurations by backend, native's first (empty when not asked for): a Xen group
+    shares its start-up decoder, and is the longest to plan."""
+    out: dict[str, list[Config]] = {"native": []}
     for c in configs:
         out.setdefault(c.backend, []).append(c)
     return list(out.values())
