@@ -83,7 +83,7 @@ def place(model: KernelModel, memory: MemoryImage) -> Placement:
     release), linux_banner where memory holds the kernel's data, and sampled pages of .text;
     :func:`check_text` compares all of .text."""
     info = memory.vmcoreinfo
-    if info is not None:
+    said = [] if info is None else \
         check_vmcoreinfo(model, info, "the core's VMCOREINFO note", memory.path)
     sample = _fingerprint(model)
     found = _from_note(model, memory, info) if info and "KERNELOFFSET" in info else None
@@ -100,7 +100,8 @@ def place(model: KernelModel, memory: MemoryImage) -> Placement:
                          memory.path)
     if info is not None:
         found.vmcoreinfo, found.vmcoreinfo_how = info, "the core's VMCOREINFO note"
-    found.identity.insert(0, f".text: {len(sample.pages)} sampled pages hold this build's code"
+    found.identity[:0] = said
+    found.identity.insert(len(said), f".text: {len(sample.pages)} sampled pages hold this build's code"
                           if found.space != "machine frames" else
                           ".text: located page by page, each holding this build's code")
     _check_banner(model, memory, found)
