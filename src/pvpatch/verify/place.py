@@ -100,10 +100,10 @@ def place(model: KernelModel, memory: MemoryImage) -> Placement:
                          memory.path)
     if info is not None:
         found.vmcoreinfo, found.vmcoreinfo_how = info, "the core's VMCOREINFO note"
-    found.identity[:0] = said
-    found.identity.insert(len(said), f".text: {len(sample.pages)} sampled pages hold this build's code"
-                          if found.space != "machine frames" else
-                          ".text: located page by page, each holding this build's code")
+    content = (f".text: {len(sample.pages)} sampled pages hold this build's code"
+               if found.space != "machine frames" else
+               ".text: located page by page, each holding this build's code")
+    found.identity[:0] = [*said, content]
     _check_banner(model, memory, found)
     return found
 
