@@ -403,8 +403,9 @@ class SymbolTable:
 
     def describe_data(self, addr: int) -> str:
         """``object+0xoff`` for an address in data (the code index knows only code): the
-        sized symbol that holds it — of those, the one starting last, and of several starting
-        there the first defined."""
+        sized symbol of a data section that holds it — of those, the one starting last, and
+        of several starting there the first defined; an address in code is described as
+        code."""
         exact = self.name_at(addr)
         if exact is not None:
             return exact
@@ -418,12 +419,15 @@ class SymbolTable:
 
     @cached_property
     def _sized_index(self) -> tuple[list[int], list[int]]:
-        """(addresses, record indexes) of the named, sized symbols, sorted by address (table
-        order kept at a tie): describe_data bisects it instead of scanning every symbol (a
-        Xen plan asks it about the sources of its table copies)."""
+        """(addresses, record indexes) of the named, sized symbols outside executable
+        sections, sorted by address (table order kept at a tie): describe_data bisects it
+        instead of scanning every symbol (a Xen plan asks it about the sources of its table
+        copies). A third of a debug kernel's sized symbols: 20 ms to sort, not 50."""
         c = self._columns
-        values = c["value"]
-        rows = list(compress(range(len(values)), map(bool, map(min, c["size"], c["name"]))))
+        values, exe = c["value"], self._exec
+        named = map(bool, map(min, c["size"], c["name"]))
+        data = map(exe.__contains__, c["shndx"])
+        rows = list(compress(range(len(values)), map(bool.__gt__, named, data)))
         rows.sort(key=values.__getitem__)
         return list(map(values.__getitem__, rows)), rows
 
@@ -443,7 +447,8 @@ class SymbolTable:
         best = None  # a holder further down (a huge object): the scan
         for i in compress(range(len(values)), map(addr.__ge__, values)):
             v, n = values[i], sizes[i]
-            if v + n > addr and c["name"][i] and (best is None or v > values[best]):
+            if v + n > addr and c["name"][i] and c["shndx"][i] not in self._exec and \
+                    (best is None or v > values[best]):
                 best = i
         return best
 
