@@ -7,7 +7,9 @@ release under <cache>/boot/<release>/, outside git:
   saved by QEMU's dump-guest-memory (ELF, physical addresses); ``kaslr.json`` holds the vCPUs'
   RIPs, an independent witness of the slide (``boot.py --mode kaslr``);
 - ``xen1.text.bin``, ``xen2.text.bin``: a Xen PV dom0's .text with 1 and 2 vCPUs, located page
-  by page in machine memory, starting at the .text link address (``--mode xen1/xen2``).
+  by page in machine memory, starting at the .text link address (``--mode xen1/xen2``);
+- ``kcore.core``: the head and kernel-image segment of a KASLR guest's own /proc/kcore, copied
+  out by its /init (``--mode kcore``).
 
 Each verdict must be the boot it was; a copy with one site overwritten must name exactly that
 site; another kernel's dump must be refused. A missing dump skips loudly, saying how to make it.
@@ -82,6 +84,23 @@ def test_a_kaslr_core_is_native_at_the_slide_its_rips_show(series):
         where = [im.symbols.describe(int(r["RIP"], 16) - slide) for r in meta["registers"]]
     assert any("halt" in w or "idle" in w for w in where), where
     assert any(line.startswith("build-id ") for line in doc["identity"])
+
+
+@pytest.mark.parametrize("series", SERIES)
+def test_a_guests_own_proc_kcore_is_native_at_its_noted_slide(series):
+    """What `pvpatch verify VMLINUX /proc/kcore` reads inside the guest, copied out by its
+    /init (boot.py --mode kcore): the note's KERNELOFFSET, the text at its runtime address."""
+    vmlinux, core, meta = dump(series, "kcore.core")
+    rc, doc, err = verify(vmlinux, core)
+    assert rc == 0, err
+    p = doc["placement"]
+    assert doc["memory_format"].startswith("a copy of /proc/kcore")
+    assert p["space"] == "virtual" and "VMCOREINFO note" in p["slide_how"]
+    assert doc["verdict"]["key"] == ("native" if series in FIXED_NOPS else "native@k8")
+    slide = int(p["slide"], 16)
+    with ElfImage(vmlinux) as im:
+        where = [im.symbols.describe(int(r["RIP"], 16) - slide) for r in meta["registers"]]
+    assert any("halt" in w or "idle" in w for w in where), where
 
 
 @pytest.mark.parametrize("series", SERIES)

@@ -11,6 +11,9 @@ Modes:
   kaslr   bare QEMU as native, but with KASLR (no "nokaslr") and -device vmcoreinfo; all guest
           RAM is saved with dump-guest-memory as an ELF core (physical addresses), as
           `virsh dump --memory-only` writes one: <mode>.core, for `pvpatch verify` to place.
+  kcore   as kaslr, but the guest's /init copies its own /proc/kcore out (head and kernel
+          image, through QEMU's debugcon; kcore.py): kcore.core, what `pvpatch verify VMLINUX
+          /proc/kcore` would read inside the guest.
 
 The guest is done patching when /init prints its marker. Results go to
 <cache>/boot/<release>/<mode>.text.bin (the .text image, starting at the .text link address),
@@ -43,13 +46,14 @@ from boottest.common import (BOOT_CACHE, BootError, Kernel, ensure_tools, fetch_
                              find_xen_gz, kernel_from_paths, now_iso, read_text, say, text_layout,
                              text_sites, text_static_calls, tool_versions, write_json)
 from boottest.initramfs import MARKER, build_initramfs
+from boottest.kcore import reassemble
 from boottest.locate import locate_text
 from boottest.masks import account, build_mask
 from boottest.qemu import Qemu
 from pvpatch.cpu import BY_CPUID
 
 SCHEMA = "pvpatch.boottest/1"
-MODES = ("native", "xen1", "xen2", "kaslr")
+MODES = ("native", "xen1", "xen2", "kaslr", "kcore")
 NATIVE_CMDLINE = "nokaslr console=ttyS0 panic=-1"
 KASLR_CMDLINE = "console=ttyS0 panic=-1"
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen nokaslr"
@@ -57,7 +61,8 @@ XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=512M dom0_max_vcpus={vcpus}
 GUEST_MB = 1024
 SMP = 2
 XEN_CPU = "max,-smap,-smep"  # Xen under TCG needs SMAP/SMEP off (see docs)
-DEFAULT_CPU = {"native": "qemu64", "xen1": XEN_CPU, "xen2": XEN_CPU, "kaslr": "qemu64"}
+DEFAULT_CPU = {"native": "qemu64", "xen1": XEN_CPU, "xen2": XEN_CPU, "kaslr": "qemu64",
+               "kcore": "qemu64"}
 
 
 def xen_image() -> Path:
@@ -86,7 +91,7 @@ def stem(mode: str, cpu: str | None = None) -> str:
 def paths(kernel: Kernel, mode: str, cpu: str | None = None) -> tuple[Path, Path, Path]:
     """The dump (``.text.bin``; a kaslr boot's ``.core``), its metadata and serial log."""
     d, name = kernel.boot_dir, stem(mode, cpu)
-    dump = d / (f"{name}.core" if mode == "kaslr" else f"{name}.text.bin")
+    dump = d / (f"{name}.core" if mode in ("kaslr", "kcore") else f"{name}.text.bin")
     return dump, d / f"{name}.json", d / f"{name}.serial.log"
 
 
@@ -123,9 +128,12 @@ def qemu_args(kernel: Kernel, mode: str, initrd: Path, cpu: str | None) -> tuple
         return ([*common, "-cpu", cpu, "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
                  "-append", NATIVE_CMDLINE],
                 {"cpu": cpu, "kernel_cmdline": NATIVE_CMDLINE})
-    if mode == "kaslr":
-        return ([*common, "-cpu", cpu, "-device", "vmcoreinfo", "-kernel", str(kernel.vmlinuz),
-                 "-initrd", str(initrd), "-append", KASLR_CMDLINE],
+    if mode in ("kaslr", "kcore"):
+        extra = ["-debugcon", f"file:{kernel.boot_dir / 'kcore.stream'}"] if mode == "kcore" \
+            else []
+        return ([*common, "-cpu", cpu, "-device", "vmcoreinfo", *extra,
+                 "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+                 "-append", KASLR_CMDLINE],
                 {"cpu": cpu, "kernel_cmdline": KASLR_CMDLINE})
     vcpus = int(mode.removeprefix("xen"))
     xen_cmd = XEN_CMDLINE.format(vcpus=vcpus)
@@ -153,7 +161,7 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
     text = text_layout(kernel.vmlinux)
     with open(kernel.vmlinux, "rb") as f:
         bits = 32 if f.read(5)[4] == 1 else 64  # e_ident[EI_CLASS]
-    initrd = build_initramfs(bits)
+    initrd = build_initramfs(bits, kcore=mode == "kcore")
     args, info = qemu_args(kernel, mode, initrd, cpu)
     ram_path = kernel.boot_dir / f"{name}.ram.bin"
     t0 = time.monotonic()
@@ -172,6 +180,14 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
             q.dump_guest_memory(image_path.with_suffix(".tmp"))
             how = ("dump-guest-memory of all guest RAM (ELF core, physical addresses, no "
                    "paging); KASLR on, -device vmcoreinfo")
+        elif mode == "kcore":
+            q.qmp("stop")
+            info["registers"] = q.registers()
+            stream = kernel.boot_dir / "kcore.stream"
+            info["kcore"] = reassemble(stream.read_bytes(), image_path.with_suffix(".tmp"))
+            stream.unlink()
+            how = ("the guest's /proc/kcore (its head and kernel-image segment), copied out "
+                   "by /init through debugcon; KASLR on")
         else:
             q.pmemsave(0, GUEST_MB << 20, ram_path)
             how = f"pmemsave of guest RAM 0+{GUEST_MB << 20:#x}, .text located by content"
@@ -184,7 +200,7 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
             "how": how, "date": now_iso(), "qemu_command": q.argv,
             **info, "tools": tool_versions(), "boot_seconds": round(boot_s, 1),
             "dump_seconds": round(dump_s, 1)}
-    if mode in ("native", "kaslr"):
+    if mode in ("native", "kaslr", "kcore"):
         image_path.with_suffix(".tmp").replace(image_path)
     else:
         t2 = time.monotonic()
@@ -199,7 +215,7 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
         if meta["location"]["missing_pages"]:
             say(f"{kernel.release} {name}: {len(meta['location']['missing_pages'])} .text "
                 f"pages not found in guest RAM (zero-filled; listed in {meta_path})")
-    if mode == "kaslr":
+    if mode in ("kaslr", "kcore"):
         meta["placement"] = place_core(kernel, image_path)
     else:
         meta["changes"] = sanity_check(kernel, image_path, meta)

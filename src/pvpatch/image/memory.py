@@ -32,6 +32,7 @@ ET_EXEC, ET_CORE = 2, 4
 NO_ADDRESS = {0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF}  # kcore's p_paddr of ranges with no frame
 MAX_NOTE_AREA = 1 << 20  # a core's notes are a few KiB per CPU; more is not a core
 VMCOREINFO = "VMCOREINFO"
+NT_TASKSTRUCT = 4  # fs/proc/kcore.c: the reading task's task_struct, a note no vmcore has
 # makedumpfile's default output, and the flattened form it writes to a pipe
 KDUMP_MAGICS = (b"KDUMP   ", b"makedumpfile")
 
@@ -238,7 +239,9 @@ def _open_core(path: str, fd: int, size: int, head: bytes) -> MemoryImage:
     found = [n for p in notes for n in _notes(path, fd, p)]
     info = next((parse_vmcoreinfo(desc) for name, _t, desc in found if name == VMCOREINFO), None)
     names = [name for name, _t, _d in found]
-    image = MemoryImage(path, "ELF core", _kind(path, names, info, virtual, physical), bits,
+    kcore = any(name == "CORE" and t == NT_TASKSTRUCT for name, t, _d in found)
+    kind = _kind(path, names, kcore, info, virtual, physical)
+    image = MemoryImage(path, "ELF core", kind, bits,
                         AddressSpace("virtual", virtual), AddressSpace("physical", physical),
                         info, names, size, fd)
     if not image.virtual and not image.physical:
@@ -299,11 +302,14 @@ def parse_vmcoreinfo(text: bytes) -> dict[str, str]:
     return out
 
 
-def _kind(path: str, names: list[str], info: dict[str, str] | None, virtual: list[Range],
-          physical: list[Range]) -> str:
-    """What produced the core, as far as its notes and ranges tell."""
+def _kind(path: str, names: list[str], kcore: bool, info: dict[str, str] | None,
+          virtual: list[Range], physical: list[Range]) -> str:
+    """What produced the core, as far as its notes and ranges tell (``kcore``: it has the
+    reading task's task_struct as a note, which only /proc/kcore writes)."""
     if os.path.realpath(path) == "/proc/kcore":
         return "/proc/kcore"
+    if kcore:
+        return "a copy of /proc/kcore"
     if "QEMU" in names:
         return "QEMU dump-guest-memory"
     if info is not None and virtual and physical:
