@@ -43,15 +43,16 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
                                       key=lambda e: order[e.config.key])  # type: ignore
     skipped += [(e.config.name, e.skipped) for e in expected if e.skipped]
     slide = placement.slide
-    if slide and placement.relocations is None and _as_built(model, where, expected):
+    notes = list(placement.notes)
+    as_built = bool(slide) and _as_built(model, where, expected)
+    if as_built and placement.relocations is None:
         placement.relocations = text_relocations(model)
+        if placement.relocations is None:
+            notes.append("the image keeps no .text relocations: the slide is applied to the "
+                         "absolute operands of the known site forms")
     pl = build_places(model, where, placement.relocations if slide else None)
     found = read_found(pl, placement, model.image.section(".text").addr)
     outcomes = [compare(pl, found, e, slide) for e in expected if not e.skipped]
-    notes = list(placement.notes)
-    if slide and placement.relocations is None:
-        notes.append("the image keeps no .text relocations: the slide is applied to the "
-                     "absolute operands of the known site forms")
     return Verification(model.image.path, memory.path, memory.describe(),
                         model.version.release, placement, pl, found, outcomes, skipped,
                         _freed(model), model.image.bits, notes)
