@@ -221,7 +221,7 @@ def test_static_call_sites_and_trampolines_are_compared(tmp_path):
     rc, doc, err = verify(kernel, dump, "--raw-start", hex(addr), "--backend", "native")
     assert rc == 0, err
     assert doc["places"] == {"pv_site": 13, "static_call_site": 6, "trampoline": 5}
-    assert doc["freed"] == {"static-call sites in .init.text": 1}
+    assert doc["freed"] == {"static_call_site": {".init.text": 1}}
     report = json.loads(pvpatch("inspect", kernel, "--json").stdout)
     tramp = int(report["static_calls"]["keys"][0]["trampoline"], 16)
     data = bytearray(dump.read_bytes())

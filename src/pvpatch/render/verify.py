@@ -159,7 +159,8 @@ def _head(v: Verification) -> list[str]:
                    f"{p.outside.runs[0][0] + p.slide:#x}")
     counts = Counter(pl.kind for pl in v.places)
     compared = ", ".join(f"{counts[k]} {LABELS[k]}s" for k in KINDS if counts[k])
-    freed = ", ".join(f"{n} {what}" for what, n in v.freed.items())
+    freed = ", ".join(f"{n} {LABELS[kind]}s in {sec}" for kind, secs in v.freed.items()
+                      for sec, n in secs.items())
     out.append(f"  compared  {compared or 'nothing'} in .text"
                + (f"; not compared (freed after boot): {freed}" if freed else ""))
     best = v.best

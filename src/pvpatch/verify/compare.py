@@ -75,7 +75,7 @@ class Verification:
     found: list[bytes | None]  # what memory holds at each place (None: not in memory)
     outcomes: list[Outcome]
     skipped: list[tuple[str, str]]  # (configuration or backend, why)
-    freed: dict[str, int]  # places not compared because boot frees their text, per kind
+    freed: dict[str, dict[str, int]]  # kind → section → places not compared (text freed)
     bits: int
     notes: list[str] = field(default_factory=list)
 

@@ -89,13 +89,14 @@ def _planner(model: KernelModel, group: list[Config], where: Places, explicit: b
     return lambda: [expect(model, c, where, explicit) for c in group]
 
 
-def _freed(model: KernelModel) -> dict[str, int]:
-    """Places outside .text, by section: boot frees their text (.init.text, .exit.text)."""
-    out: Counter[str] = Counter()
+def _freed(model: KernelModel) -> dict[str, dict[str, int]]:
+    """Places outside .text, per kind and section: boot frees their text (.init.text,
+    .exit.text), so memory holds something else there."""
+    out: dict[str, Counter[str]] = {"pv_site": Counter(), "static_call_site": Counter()}
     for s in model.sites.sites:
         if s.section != ".text":
-            out[f"pv sites in {s.section}"] += 1
+            out["pv_site"][str(s.section)] += 1
     for s in model.static_calls.sites:
         if s.section != ".text":
-            out[f"static-call sites in {s.section}"] += 1
-    return dict(out)
+            out["static_call_site"][str(s.section)] += 1
+    return {kind: dict(c) for kind, c in out.items() if c}
