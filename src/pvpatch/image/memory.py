@@ -217,6 +217,9 @@ def _open_core(path: str, fd: int, size: int, head: bytes) -> MemoryImage:
     if head[4] not in (1, 2) or head[5] != 1:
         raise InputError("not a little-endian ELF32/ELF64 file", path)
     bits = 32 if head[4] == 1 else 64
+    if len(head) < 16 + L.EHDR_TAIL[bits].size:
+        raise InputError(f"truncated: {len(head)} bytes, an ELF{bits} header needs "
+                         f"{16 + L.EHDR_TAIL[bits].size}", path)
     h = L.EHDR_TAIL[bits].unpack(head, 16)
     if h["e_machine"] not in L.MACHINES:
         raise InputError(f"ELF machine {h['e_machine']} is not x86", path)
