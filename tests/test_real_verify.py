@@ -117,17 +117,17 @@ def test_a_xen_dom0_dump_is_xen_with_its_vcpus(series, mode):
 
 
 @pytest.mark.parametrize("series", SERIES)
-def test_a_tampered_xen_dump_names_that_site_and_nothing_else(series, tmp_path):
-    vmlinux, text, meta = dump(series, "xen2.text.bin")
+@pytest.mark.parametrize("mode", ["xen1", "xen2"])
+def test_a_tampered_xen_dump_names_that_site_and_nothing_else(series, mode, tmp_path):
+    vmlinux, text, meta = dump(series, f"{mode}.text.bin")
     start = int(meta["text"]["vaddr"], 16)
     addr, length, op = nth_text_site(vmlinux, 500)
-    copy = tmp_path / "xen2.text.bin"
+    copy = tmp_path / f"{mode}.text.bin"
     data = bytearray(text.read_bytes())
     data[addr - start:addr - start + length] = b"\xcc" * length
     copy.write_bytes(bytes(data))
-    rc, doc, _ = verify(vmlinux, copy, "--raw-start", hex(start), "--backend", "xen",
-                        *cpu_of(meta))
-    assert rc == 1
+    rc, doc, _ = verify(vmlinux, copy, "--raw-start", hex(start), *cpu_of(meta))
+    assert rc == 1 and doc["verdict"]["key"] == f"xen:{mode[-1]}"
     assert [(u["address"], u["op"]) for u in doc["unexpected"]] == [(hex(addr), op)]
 
 

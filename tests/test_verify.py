@@ -122,6 +122,19 @@ def test_a_kcore_like_core_gives_the_slide_by_where_text_is(kernel, booted, tmp_
     assert (p["space"], p["slide"]) == ("virtual", hex(SLIDE)) and doc["verdict"]["key"] == "native"
 
 
+def test_a_vmcore_is_read_at_the_run_time_addresses_its_note_gives(kernel, booted, tmp_path):
+    """A kdump vmcore: the image's ranges with virtual and physical addresses, VMCOREINFO."""
+    segs = [Segment(va + SLIDE, va + SLIDE + PHYS_BASE, data)
+            for va, data in loads(booted["xen:1"])]
+    info = vmcoreinfo(OSRELEASE="6.1.0-fixture", **{"BUILD-ID": build_id_of(kernel),
+                      "KERNELOFFSET": f"{SLIDE:x}", "NUMBER(phys_base)": f"{PHYS_BASE:x}"})
+    rc, doc, err = verify(kernel, write_core(tmp_path / "vmcore", segs, info))
+    assert rc == 0, err
+    assert doc["memory_format"].startswith("vmcore")
+    assert (doc["placement"]["space"], doc["placement"]["slide"]) == ("virtual", hex(SLIDE))
+    assert doc["verdict"]["key"] == "xen:1"
+
+
 def first_site(kernel: Path) -> dict:
     r = pvpatch("inspect", kernel, "--json", "--sites")
     return next(s for s in json.loads(r.stdout)["sites"] if s["section"] == ".text")
