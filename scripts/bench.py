@@ -111,6 +111,22 @@ def vmlinuz_pair(vmlinux: str, scratch: str) -> Pair | None:
                                                           out]), 2.0, 400)
 
 
+def verify_pair(vmlinux: str) -> Pair | None:
+    """pvpatch verify against the boot test's 1 GB KASLR core of this release vs inspect."""
+    name = os.path.basename(vmlinux)
+    release = name[len("vmlinux-"):] if name.startswith("vmlinux-") else name
+    core = CACHE / "boot" / release / "kaslr.core"
+    if not core.is_file():
+        print(f"bench: skipping the verify pair: no {core} (scripts/boottest/boot.py "
+              f"--vmlinux {vmlinux} --mode kaslr)")
+        return None
+    pv = str(VENV_BIN / "pvpatch")
+    size = os.path.getsize(core) / 2**30
+    return Pair(f"verify vs inspect ({size:.1f} GB core)",
+                Case("pvpatch verify VMLINUX CORE", [pv, "verify", vmlinux, str(core)]),
+                Case("pvpatch inspect", [pv, "inspect", vmlinux]), 2.0, 250)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("vmlinux")
@@ -127,8 +143,8 @@ def main() -> int:
                                dir=os.path.dirname(os.path.abspath(args.vmlinux)))
     try:
         todo = pairs(args.vmlinux, scratch)
-        extra = vmlinuz_pair(args.vmlinux, scratch)
-        todo += [extra] if extra else []
+        extra = [vmlinuz_pair(args.vmlinux, scratch), verify_pair(args.vmlinux)]
+        todo += [p for p in extra if p]
         return measure(args, [p for p in todo if args.only is None or args.only in p.title])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

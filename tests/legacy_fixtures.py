@@ -71,12 +71,14 @@ def btf_blob(era: int, ptr: int, template: tuple = TEMPLATE,
     return w.blob()
 
 
-def legacy_kernel(era: int, bits: int = 32, version: int | None = None, **defsyms: int) -> str:
-    """The fixture for ``era`` (1–4), linked, with .BTF added for eras 2–4."""
+def legacy_kernel(era: int, bits: int = 32, version: int | None = None,
+                  ld_args: tuple[str, ...] = (), **defsyms: int) -> str:
+    """The fixture for ``era`` (1–4), linked (with ``ld_args``), with .BTF added for eras
+    2–4."""
     syms = {"ERA": era, "VER": version or BANNER[era], **defsyms}
     if bits == 32:
         syms["I386"] = 1
-    elf = assemble("pv_legacy.S", bits, defsyms=syms)
+    elf = assemble("pv_legacy.S", bits, defsyms=syms, ld_args=ld_args)
     if era == 1:
         return str(elf)  # 2.6.20–21 needs no types: the enum names the op
     return _with_btf(elf, btf_blob(era, bits // 8))

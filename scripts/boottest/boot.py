@@ -8,6 +8,12 @@ Modes:
   xen1    Xen PV dom0 with 1 vCPU (dom0_max_vcpus=1), xen2 with 2: Xen is QEMU's multiboot
           kernel, vmlinuz and the initramfs its modules. Guest RAM is saved whole and the
           dom0's .text found in it page by page (locate.py).
+  kaslr   bare QEMU as native, but with KASLR (no "nokaslr") and -device vmcoreinfo; all guest
+          RAM is saved with dump-guest-memory as an ELF core (physical addresses), as
+          `virsh dump --memory-only` writes one: <mode>.core, for `pvpatch verify` to place.
+  kcore   as kaslr, but the guest's /init copies its own /proc/kcore out (head and kernel
+          image, through QEMU's debugcon; kcore.py): kcore.core, what `pvpatch verify VMLINUX
+          /proc/kcore` would read inside the guest.
 
 The guest is done patching when /init prints its marker. Results go to
 <cache>/boot/<release>/<mode>.text.bin (the .text image, starting at the .text link address),
@@ -40,20 +46,23 @@ from boottest.common import (BOOT_CACHE, BootError, Kernel, ensure_tools, fetch_
                              find_xen_gz, kernel_from_paths, now_iso, read_text, say, text_layout,
                              text_sites, text_static_calls, tool_versions, write_json)
 from boottest.initramfs import MARKER, build_initramfs
+from boottest.kcore import reassemble
 from boottest.locate import locate_text
 from boottest.masks import account, build_mask
 from boottest.qemu import Qemu
 from pvpatch.cpu import BY_CPUID
 
 SCHEMA = "pvpatch.boottest/1"
-MODES = ("native", "xen1", "xen2")
+MODES = ("native", "xen1", "xen2", "kaslr", "kcore")
 NATIVE_CMDLINE = "nokaslr console=ttyS0 panic=-1"
+KASLR_CMDLINE = "console=ttyS0 panic=-1"
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen nokaslr"
 XEN_CMDLINE = "console=com1 com1=115200,8n1 dom0_mem=512M dom0_max_vcpus={vcpus} noreboot"
 GUEST_MB = 1024
 SMP = 2
 XEN_CPU = "max,-smap,-smep"  # Xen under TCG needs SMAP/SMEP off (see docs)
-DEFAULT_CPU = {"native": "qemu64", "xen1": XEN_CPU, "xen2": XEN_CPU}
+DEFAULT_CPU = {"native": "qemu64", "xen1": XEN_CPU, "xen2": XEN_CPU, "kaslr": "qemu64",
+               "kcore": "qemu64"}
 
 
 def xen_image() -> Path:
@@ -80,8 +89,10 @@ def stem(mode: str, cpu: str | None = None) -> str:
 
 
 def paths(kernel: Kernel, mode: str, cpu: str | None = None) -> tuple[Path, Path, Path]:
+    """The dump (``.text.bin``; a kaslr boot's ``.core``), its metadata and serial log."""
     d, name = kernel.boot_dir, stem(mode, cpu)
-    return d / f"{name}.text.bin", d / f"{name}.json", d / f"{name}.serial.log"
+    dump = d / (f"{name}.core" if mode in ("kaslr", "kcore") else f"{name}.text.bin")
+    return dump, d / f"{name}.json", d / f"{name}.serial.log"
 
 
 def cached(kernel: Kernel, mode: str, cpu: str | None = None) -> dict | None:
@@ -117,6 +128,13 @@ def qemu_args(kernel: Kernel, mode: str, initrd: Path, cpu: str | None) -> tuple
         return ([*common, "-cpu", cpu, "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
                  "-append", NATIVE_CMDLINE],
                 {"cpu": cpu, "kernel_cmdline": NATIVE_CMDLINE})
+    if mode in ("kaslr", "kcore"):
+        extra = ["-debugcon", f"file:{kernel.boot_dir / 'kcore.stream'}"] if mode == "kcore" \
+            else []
+        return ([*common, "-cpu", cpu, "-device", "vmcoreinfo", *extra,
+                 "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+                 "-append", KASLR_CMDLINE],
+                {"cpu": cpu, "kernel_cmdline": KASLR_CMDLINE})
     vcpus = int(mode.removeprefix("xen"))
     xen_cmd = XEN_CMDLINE.format(vcpus=vcpus)
     for p in (kernel.vmlinuz, initrd):
@@ -138,12 +156,12 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
     if not refresh and (meta := cached(kernel, mode, cpu)):
         say(f"{kernel.release} {name}: cached ({meta['date']}; --refresh reboots)")
         return meta
-    ensure_tools(xen=mode != "native")
+    ensure_tools(xen=mode.startswith("xen"))
     image_path, meta_path, log_path = paths(kernel, mode, cpu)
     text = text_layout(kernel.vmlinux)
     with open(kernel.vmlinux, "rb") as f:
         bits = 32 if f.read(5)[4] == 1 else 64  # e_ident[EI_CLASS]
-    initrd = build_initramfs(bits)
+    initrd = build_initramfs(bits, kcore=mode == "kcore")
     args, info = qemu_args(kernel, mode, initrd, cpu)
     ram_path = kernel.boot_dir / f"{name}.ram.bin"
     t0 = time.monotonic()
@@ -156,6 +174,20 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
             q.pmemsave(text.paddr, text.size, image_path.with_suffix(".tmp"))
             how = (f"pmemsave of guest-physical {text.paddr:#x}+{text.size:#x} (.text's "
                    f"PT_LOAD p_paddr; nokaslr)")
+        elif mode == "kaslr":
+            q.qmp("stop")
+            info["registers"] = q.registers()  # the idle vCPUs' RIP: the slide, independently
+            q.dump_guest_memory(image_path.with_suffix(".tmp"))
+            how = ("dump-guest-memory of all guest RAM (ELF core, physical addresses, no "
+                   "paging); KASLR on, -device vmcoreinfo")
+        elif mode == "kcore":
+            q.qmp("stop")
+            info["registers"] = q.registers()
+            stream = kernel.boot_dir / "kcore.stream"
+            info["kcore"] = reassemble(stream.read_bytes(), image_path.with_suffix(".tmp"))
+            stream.unlink()
+            how = ("the guest's /proc/kcore (its head and kernel-image segment), copied out "
+                   "by /init through debugcon; KASLR on")
         else:
             q.pmemsave(0, GUEST_MB << 20, ram_path)
             how = f"pmemsave of guest RAM 0+{GUEST_MB << 20:#x}, .text located by content"
@@ -168,7 +200,7 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
             "how": how, "date": now_iso(), "qemu_command": q.argv,
             **info, "tools": tool_versions(), "boot_seconds": round(boot_s, 1),
             "dump_seconds": round(dump_s, 1)}
-    if mode == "native":
+    if mode in ("native", "kaslr", "kcore"):
         image_path.with_suffix(".tmp").replace(image_path)
     else:
         t2 = time.monotonic()
@@ -183,11 +215,35 @@ def boot(kernel: Kernel, mode: str, *, refresh: bool = False, timeout: float = 3
         if meta["location"]["missing_pages"]:
             say(f"{kernel.release} {name}: {len(meta['location']['missing_pages'])} .text "
                 f"pages not found in guest RAM (zero-filled; listed in {meta_path})")
-    meta["changes"] = sanity_check(kernel, image_path, meta)
+    if mode in ("kaslr", "kcore"):
+        meta["placement"] = place_core(kernel, image_path)
+    else:
+        meta["changes"] = sanity_check(kernel, image_path, meta)
     meta["total_seconds"] = round(time.monotonic() - t0, 1)
     write_json(meta_path, meta)
     say(f"{kernel.release} {name}: saved {image_path} ({meta['total_seconds']} s in all)")
     return meta
+
+
+def place_core(kernel: Kernel, core: Path) -> dict:
+    """Where pvpatch finds the kernel in the core (the library's placement: the accounting of
+    sanity_check knows nothing of the slide's relocations); refuses a core that is not this
+    kernel, as sanity_check does."""
+    from pvpatch.errors import InputError
+    from pvpatch.image.memory import open_memory
+    from pvpatch.kernel.model import KernelModel
+    from pvpatch.verify.place import place
+
+    try:
+        with KernelModel.open(str(kernel.vmlinux)) as model, open_memory(str(core)) as mem:
+            p = place(model, mem)
+    except InputError as e:
+        raise BootError(f"{core}: {e}") from None
+    out = p.outside
+    return {"slide": hex(p.slide), "slide_how": p.slide_how, "space": p.space,
+            "text_at": None if p.text_at is None else hex(p.text_at), "text_how": p.text_how,
+            "vmcoreinfo_note": mem.vmcoreinfo is not None, "identity": p.identity,
+            "outside_differing": None if out is None else out.differing}
 
 
 def sanity_check(kernel: Kernel, image_path: Path, meta: dict) -> dict:

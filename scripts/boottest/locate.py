@@ -1,29 +1,11 @@
 #!/usr/bin/env python3
-"""Find a kernel's ``.text`` in a raw dump of guest RAM, page by page.
+"""Find a kernel's ``.text`` in a raw dump of guest RAM, page by page, and write it out.
 
 A Xen PV dom0 runs at its link addresses, but its pseudo-physical pages sit on machine frames
-the hypervisor chose; QEMU only sees machine memory. So each 4 KiB page of the vmlinux's .text
-is searched for in the dump by content:
-
-1. The patch tables (masks.py) say which bytes boot may have rewritten. A page *matches* a frame
-   when the bytes that differ all lie in such places (at most ``SLACK`` bytes elsewhere) and
-   the page has at least ``MIN_CLEAN`` bytes no table names.
-2. Anchors: a 64-byte fragment free of patch sites (and not padding) is taken from the pages
-   with the most patch sites and searched for at its page offset. Candidate frames that match
-   *and* show boot patches (explained changed bytes) give a displacement frame − page.
-3. Sweep: each page is tried at the previous page's displacement, then every known one; pages
-   that fit none are searched for on their own (64-, then 32- and 16-byte fragments). When
-   several frames match, one that shows the page's patches wins, then the neighbours' run.
-4. Stale copies: boot rewrites every pv site, so a displacement at which a page holding pv
-   sites matches *unpatched* is a leftover copy (a loader's buffer); if there is one, the sweep
-   is redone using it only as a last resort.
-5. Pages still missing between two pages located by content at the same displacement are
-   taken from that run ("contiguity") if no other page claimed the frame; their unexplained
-   byte count is recorded. Featureless pages (int3 padding; static-call trampoline pages,
-   whose only site-free bytes are 3-byte signatures) fit any look-alike frame, so they are
-   placed last: beside the nearest page located by content if they match there, else at the
-   first frame with identical bytes ("look-alike"). The rest are reported missing and
-   zero-filled.
+the hypervisor chose; QEMU only sees machine memory. The search itself is the library's
+(``pvpatch.verify.locate``, whose docstring gives the steps), steered by the patch tables of
+masks.py; this driver writes the reassembled .text image (pages found nowhere zero-filled) and
+the location metadata boot.py records.
 
     scripts/boottest/locate.py --vmlinux V --ram RAM.bin -o xen1.text.bin [--meta M.json]
 """
@@ -34,7 +16,6 @@ import argparse
 import collections
 import mmap
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the package importable
@@ -42,245 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 
 from boottest.common import (PAGE, BootError, TextLayout, read_text, say,  # noqa: I001
                              text_layout, text_sites, write_json)
-from boottest.masks import PatchMask, build_mask
-
-FRAGMENT = 64
-SLACK = 16  # differing bytes outside every patch table tolerated in a matching page
-MIN_CLEAN = 256  # a page matches only if it has this many bytes no patch table names
-ANCHORS = 16
-MAX_HITS = 64
-
-
-@dataclass
-class PageFit:
-    frame: int
-    equal: int  # bytes identical to the vmlinux
-    unexplained: int  # differing bytes no patch table names
-    size: int
-    clean: int  # bytes of the page no patch table names
-
-    @property
-    def patched(self) -> int:
-        return self.size - self.equal - self.unexplained
-
-    @property
-    def matches(self) -> bool:
-        """Almost no byte differs where boot does not patch, and enough such bytes exist."""
-        return self.unexplained <= SLACK and self.clean >= MIN_CLEAN
-
-
-@dataclass
-class Located:
-    frames: list[int | None]  # machine frame of each .text page
-    how: list[str]
-    fits: list[PageFit | None]
-    deltas: collections.Counter = field(default_factory=collections.Counter)
-    ambiguous: list[int] = field(default_factory=list)
-    stale: list[int] = field(default_factory=list)  # displacements of unpatched copies
-
-    def runs(self) -> list[dict]:
-        """Contiguous stretches: page range → frame range."""
-        out: list[dict] = []
-        for i, f in enumerate(self.frames):
-            if f is None:
-                continue
-            r = out[-1] if out else None
-            if r and r["first_page"] + r["pages"] == i and r["first_frame"] + r["pages"] == f:
-                r["pages"] += 1
-            else:
-                out.append({"first_page": i, "first_frame": f, "pages": 1})
-        return out
-
-
-class Locator:
-    def __init__(self, text: bytes, mask: PatchMask, ram: bytes | mmap.mmap) -> None:
-        self.text = text
-        self.ram = ram
-        self.npages = (len(text) + PAGE - 1) // PAGE
-        self.nframes = len(ram) // PAGE
-        self.mask = mask
-        clean = bytes(mask.flat).translate(bytes([0xFF]) + bytes(255))
-        self.clean = [int.from_bytes(clean[i * PAGE:(i + 1) * PAGE], "little")
-                      for i in range(self.npages)]
-        self.clean_count = [clean.count(0xFF, i * PAGE, (i + 1) * PAGE)
-                            for i in range(self.npages)]
-        self.pages = [text[i * PAGE:(i + 1) * PAGE] for i in range(self.npages)]
-        self.page_ints = [int.from_bytes(p, "little") for p in self.pages]
-        self.searches = 0
-        self.has_sites = [self.mask.flat.find(1, i * PAGE, (i + 1) * PAGE) >= 0
-                          for i in range(self.npages)]
-        self.pv_pages = mask.pages["pv"]
-
-    def fit(self, page: int, frame: int) -> PageFit:
-        a = self.pages[page]
-        n = len(a)
-        b = self.ram[frame * PAGE:frame * PAGE + n]
-        x = self.page_ints[page] ^ int.from_bytes(b, "little")
-        equal = x.to_bytes(n, "little").count(0)
-        unexplained = n - (x & self.clean[page]).to_bytes(n, "little").count(0)
-        return PageFit(frame, equal, unexplained, n, self.clean_count[page])
-
-    def fragments(self, page: int, limit: int = 3) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` site-free, varied windows of a page, most varied first.
-
-        64 bytes if the page has such stretches; pages dense in patch sites fall back to 32 and
-        16 bytes. A page without any (int3 padding) is *featureless*.
-        """
-        a = self.pages[page]
-        base = page * PAGE
-        for size, variety in ((FRAGMENT, 20), (FRAGMENT // 2, 12), (FRAGMENT // 4, 8)):
-            cands = []
-            for off in range(0, len(a) - size + 1, size // 2):
-                if not self.mask.clean(base + off, base + off + size):
-                    continue
-                frag = a[off:off + size]
-                distinct = len(set(frag))
-                if distinct >= variety:
-                    cands.append((distinct, off, frag))
-            if cands:
-                cands.sort(key=lambda c: -c[0])
-                return [(off, frag) for _, off, frag in cands[:limit]]
-        return []
-
-    def search(self, page: int) -> list[PageFit]:
-        """The frames matching ``page`` that hold one of its fragments at its page offset.
-
-        A fragment is free of patch sites, so every copy of the page holds it: the first
-        fragment that finds a matching frame finds them all.
-        """
-        for off, frag in self.fragments(page):
-            self.searches += 1
-            frames: set[int] = set()
-            pos = self.ram.find(frag)
-            while pos >= 0 and len(frames) < MAX_HITS:
-                if pos % PAGE == off and (pos // PAGE + 1) * PAGE <= len(self.ram):
-                    frames.add(pos // PAGE)
-                pos = self.ram.find(frag, pos + 1)
-            fits = [f for f in (self.fit(page, fr) for fr in sorted(frames)) if f.matches]
-            if fits:
-                return fits
-        return []
-
-    def locate(self) -> Located:
-        n = self.npages
-        seed: collections.Counter = collections.Counter()
-        # 2. anchors: pages that boot patches most densely tell a live copy from a stale one
-        density = [self.mask.flat.count(1, i * PAGE, (i + 1) * PAGE) for i in range(n)]
-        agreed = 0
-        for i in sorted(range(n), key=lambda i: -density[i])[:ANCHORS]:
-            live = [f for f in self.search(i) if f.patched]
-            if len(live) == 1:
-                seed[live[0].frame - i] += 1
-                agreed = max(agreed, seed[live[0].frame - i])
-            if agreed >= 3:
-                break
-        if not seed:
-            say("no anchor page found in the dump (is this the right kernel?)")
-        featureless = {i for i in range(n) if not self.fragments(i, 1)}
-        loc = self._sweep(seed, set(), featureless)
-        # 4. a displacement at which a page holding pv sites matches unpatched is a stale copy
-        #    (every pv site is rewritten at boot): sweep again, using it only as a last resort.
-        stale = {d for d in loc.deltas if self._is_stale(d)}
-        if stale:
-            live = collections.Counter({d: c for d, c in loc.deltas.items() if d not in stale})
-            loc = self._sweep(live, stale, featureless)
-            loc.stale = sorted(stale)
-        return loc
-
-    def _is_stale(self, d: int) -> bool:
-        pages = sorted(self.pv_pages)
-        return any(0 <= i + d < self.nframes and (f := self.fit(i, i + d)).matches
-                   and not f.patched for i in pages)
-
-    def _sweep(self, seed: collections.Counter, stale: set[int], featureless: set[int]
-               ) -> Located:
-        n = self.npages
-        loc = Located([None] * n, [""] * n, [None] * n, collections.Counter(seed))
-        used: dict[int, int] = {}
-        # 3. every page with a usable fragment: the previous page's displacement, the known
-        #    ones, else a search; a frame that shows the page's patches beats one that does
-        #    not. Featureless pages (int3 padding) match any look-alike frame: they wait for
-        #    step 4.
-        prev = None
-        for i in range(n):
-            if i in featureless:
-                continue
-            order = [prev] if prev is not None else []
-            order += [d for d, _ in loc.deltas.most_common() if d != prev and d not in stale]
-            best = None
-            for d in order:
-                if 0 <= i + d < self.nframes and i + d not in used:
-                    f = self.fit(i, i + d)
-                    better = best is None or (f.patched > 0 and not best.patched)
-                    if better and self._plausible(i, f):
-                        best = f
-                        if f.patched or not self.has_sites[i]:
-                            break  # nothing can beat a frame that shows this page's patches
-            if best is not None:
-                self._take(loc, used, i, best, "displacement")
-                prev = best.frame - i
-                continue
-            cands = [f for f in self.search(i) if f.frame not in used and self._plausible(i, f)]
-            if not cands:
-                continue
-            if len(cands) > 1:
-                loc.ambiguous.append(i)
-            best = max(cands, key=lambda f: (f.patched > 0, f.frame - i not in stale,
-                                             f.frame - i == prev, -f.unexplained))
-            self._take(loc, used, i, best, "search")
-            prev = best.frame - i
-            loc.deltas[prev] += 1
-        # 5. gaps inside a run; featureless pages next to a located one, else anywhere
-        for i in range(n):
-            if loc.frames[i] is not None:
-                continue
-            d = self._neighbour_delta(loc, i)
-            f = self.fit(i, i + d) if d is not None and 0 <= i + d < self.nframes else None
-            if f is not None and f.frame not in used and (f.matches or i not in featureless):
-                self._take(loc, used, i, f, "contiguity")
-            elif i in featureless:
-                f = self._featureless(loc, i)
-                if f is not None:
-                    loc.frames[i], loc.fits[i], loc.how[i] = f.frame, f, "look-alike"
-        return loc
-
-    def _featureless(self, loc: Located, i: int) -> PageFit | None:
-        """A frame for a page without fragments: at the displacement of the nearest pages
-        located by content on either side if it matches there (byte for byte if it has no
-        patch site), else the first frame holding exactly its bytes."""
-        for rng in (range(i - 1, -1, -1), range(i + 1, len(loc.frames))):
-            j = next((j for j in rng if loc.frames[j] is not None
-                      and loc.how[j] != "look-alike"), None)
-            if j is not None and 0 <= i + loc.frames[j] - j < self.nframes:
-                f = self.fit(i, i + loc.frames[j] - j)
-                if f.equal == f.size or (self.has_sites[i] and f.matches):
-                    return f
-        page = self.pages[i]
-        pos = self.ram.find(page)
-        while pos >= 0 and pos % PAGE:
-            pos = self.ram.find(page, pos + 1)
-        return None if pos < 0 else self.fit(i, pos // PAGE)
-
-    def _plausible(self, page: int, f: PageFit) -> bool:
-        """The frame matches, and shows patches if the page holds a pv site: boot rewrites
-        every pv site, so an unpatched copy of such a page is stale (a loader's buffer)."""
-        return f.matches and (f.patched > 0 or page not in self.pv_pages)
-
-    @staticmethod
-    def _take(loc: Located, used: dict[int, int], i: int, f: PageFit, how: str) -> None:
-        loc.frames[i], loc.fits[i], loc.how[i] = f.frame, f, how
-        used[f.frame] = i
-
-    @staticmethod
-    def _neighbour_delta(loc: Located, i: int) -> int | None:
-        """The displacement of the nearest pages located by content on both sides of ``i``,
-        if they agree."""
-        def nearest(rng: range) -> int | None:
-            return next((loc.frames[j] - j for j in rng if loc.frames[j] is not None
-                         and loc.how[j] in ("displacement", "search")), None)
-
-        before, after = nearest(range(i - 1, -1, -1)), nearest(range(i + 1, len(loc.frames)))
-        return before if before is not None and before == after else None
+from boottest.masks import build_mask
+from pvpatch.verify.locate import Located, Locator
 
 
 def locate_text(vmlinux: Path, ram_path: Path, out: Path) -> dict:
@@ -289,7 +33,7 @@ def locate_text(vmlinux: Path, ram_path: Path, out: Path) -> dict:
     code = read_text(vmlinux)
     mask = build_mask(vmlinux, text, text_sites(vmlinux))
     with open(ram_path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as ram:
-        loc = Locator(code, mask, ram).locate()
+        loc = Locator(code, mask.flat, mask.pages["pv"], ram, say=say).locate()
         image = bytearray(len(code))
         for i, f in enumerate(loc.frames):
             if f is not None:

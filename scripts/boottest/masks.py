@@ -10,27 +10,15 @@ located page should have almost none.
 
 from __future__ import annotations
 
-import struct
 from array import array
 from dataclasses import dataclass
 
 from boottest.common import TextLayout
+from pvpatch.kernel.boot_writes import KINDS
 
-# (name, start symbol, end symbol, stride, how the entry names the site, bytes patched);
-# a stride of None is pointer-sized ("abs") or two s32 and a pointer (jump_entry)
-TABLES = (
-    ("jump_label", "__start___jump_table", "__stop___jump_table", None, "rel32", 5),
-    ("ftrace", "__start_mcount_loc", "__stop_mcount_loc", None, "abs", 5),
-    ("static_call", "__start_static_call_sites", "__stop_static_call_sites", 8, "rel32", 5),
-    ("retpoline", "__retpoline_sites", "__retpoline_sites_end", 4, "rel32", 6),
-    ("return_thunk", "__return_sites", "__return_sites_end", 4, "rel32", 5),
-    ("smp_lock", "__smp_locks", "__smp_locks_end", 4, "rel32", 1),
-    ("endbr_seal", "__ibt_endbr_seal", "__ibt_endbr_seal_end", 4, "rel32", 4),
-)
-KINDS = ("pv", "pv_static_call", "alternative", *(t[0] for t in TABLES), "static_call_tramp")
+# The tables themselves are read by the library (pvpatch.kernel.boot_writes, which verify
+# uses too); here each byte gets a bit per kind, for the accounting.
 BIT = {k: 1 << i for i, k in enumerate(KINDS)}
-# arch_static_call_transform's check: a trampoline's 5-byte jmp/ret is followed by ud1 %esp,%ecx
-TRAMP_SIGNATURE = b"\x0f\xb9\xcc"
 
 
 @dataclass
@@ -53,6 +41,8 @@ class PatchMask:
 def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict],
                pv_static_calls: list[dict] = ()) -> PatchMask:
     from pvpatch.image.elf import ElfImage
+    from pvpatch.kernel.alternatives import read_alternatives
+    from pvpatch.kernel.boot_writes import table_spans
 
     bits = array("H", bytes(2 * text.size))
     flat = bytearray(text.size)
@@ -77,38 +67,15 @@ def build_mask(vmlinux, text: TextLayout, pv_sites: list[dict],
         mark("pv_static_call", s["addr"], s["length"])
     with ElfImage(vmlinux) as im:
         try:
-            from pvpatch.kernel.alternatives import read_alternatives
-
-            for e in read_alternatives(im, None).entries:
-                mark("alternative", e.instr, e.instrlen)
+            alts = read_alternatives(im, None)
         except Exception as e:  # the mask only steers the search; say so and go on
+            alts = None
             notes.append(f".altinstructions not read ({e})")
-        syms = im.symbols
-        for kind, start_sym, end_sym, stride, how, length in TABLES:
-            start, end = syms.address(start_sym), syms.address(end_sym)
-            if start is None or end is None:
-                notes.append(f"no {start_sym}: {kind} sites not masked")
-                continue
-            raw = im.try_read(start, end - start) if end > start else b""
-            if raw is None:
-                notes.append(f"{start_sym}..{end_sym} not in the file: {kind} not masked")
-                continue
-            ptr = im.ptr_size
-            if how == "abs":
-                fmt = "<Q" if ptr == 8 else "<I"
-                for (addr,) in struct.iter_unpack(fmt, raw[:len(raw) - len(raw) % ptr]):
-                    mark(kind, addr, length)
-            else:
-                stride = stride or 8 + ptr
-                for i in range(0, len(raw) - 3, stride):
-                    (rel,) = struct.unpack_from("<i", raw, i)
-                    mark(kind, start + i + rel, length)
-        code = bytes(im.section_data(im.section(".text")))
-    pos = code.find(TRAMP_SIGNATURE)
-    while pos >= 0:
-        if pos >= 5:
-            mark("static_call_tramp", text.vaddr + pos - 5, 5)
-        pos = code.find(TRAMP_SIGNATURE, pos + 1)
+        spans, more = table_spans(im, im.section(".text"), alts)
+    notes += more
+    for kind in KINDS:
+        for addr, length in spans.get(kind, ()):
+            mark(kind, addr, length)
     return PatchMask(text, bits, flat, counts, pages, notes)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -180,6 +181,23 @@ class Qemu:
                 raise BootError(f"no {marker} on the serial log within {timeout:.0f} s; "
                                 f"tail:\n{self.tail(40)}")
             time.sleep(0.25)
+
+    def registers(self) -> list[dict[str, str]]:
+        """Each vCPU's RIP, CR3 and CPL from HMP ``info registers -a`` (the guest stopped)."""
+        out = []
+        for block in self.hmp("info registers -a").split("CPU#")[1:]:
+            regs = dict(re.findall(r"\b(RIP|CR3|CPL)=([0-9a-fA-F]+)", block))
+            out.append({"cpu": block.split(None, 1)[0], **regs})
+        return out
+
+    def dump_guest_memory(self, path: Path) -> None:
+        """All guest RAM as an ELF core with physical addresses (QMP dump-guest-memory, no
+        paging), the way ``virsh dump --memory-only`` writes it."""
+        path.unlink(missing_ok=True)
+        self.qmp("stop")
+        self.qmp("dump-guest-memory", paging=False, protocol=f"file:{path}", timeout=600)
+        if not path.is_file() or path.stat().st_size < 1 << 20:
+            raise BootError(f"dump-guest-memory left no core at {path}")
 
     def pmemsave(self, addr: int, size: int, path: Path) -> None:
         """Save guest-physical [addr, addr+size) to ``path`` (the guest is stopped first)."""

@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
-"""``make boot-test``: boot real kernels, then hold ``pvpatch apply`` to what they hold.
+"""``make boot-test``: boot real kernels, then hold pvpatch's plan to what they hold.
 
-For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs) and the cloud
-kernel (native): fetch it, boot it under QEMU and dump its patched .text (boot.py; cached per
-kernel release, --refresh reboots), write ``pvpatch apply VMLINUX -o OUT --backend B
-[--vcpus N] --cpu C`` (C: the CPU QEMU showed the guest) and compare every .text pv site,
-pv static-call site and pv trampoline (compare.py). Prints a table (static calls as
-matched/total sites, then trampolines); exits 1 if any site differs or a step failed. If
-``pvpatch apply`` is unavailable, the dumps are still made and the comparison is skipped,
-loudly.
+For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs, native with KASLR)
+and the cloud kernel (native): fetch it, boot it under QEMU and dump its patched .text (boot.py;
+cached per kernel release, --refresh reboots; a kaslr boot is saved whole as an ELF core), then
+``pvpatch verify VMLINUX DUMP [--raw-start <.text vaddr>] --backend B [--vcpus N] --cpu C
+--json`` (C: the CPU QEMU showed the guest) compares every .text pv site, pv static-call site
+and pv trampoline with what that boot configuration leaves there. Prints a table (static calls
+as matched/total sites, then trampolines); exits 1 if any site differs or a step failed. If
+``pvpatch verify`` is unavailable, the dumps are still made and the comparison is skipped,
+loudly. --describe prints compare.py's ground truth per op beside it.
 
-    scripts/boottest/run.py [--refresh] [--only amd64:xen2] [--describe] [--keep-patched]
+    scripts/boottest/run.py [--refresh] [--only amd64:xen2] [--describe]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -32,9 +34,11 @@ from boottest.common import BootError, ensure_tools, fetch_kernel, say, tool_ver
 # era), generic and cloud; bullseye's 5.10 (whose padding NOPs depend on the boot CPU: qemu64
 # gives K8 NOPs, EPYC P6 ones); trixie-backports' 7.3 and sid's newest 7.x (pv_ops_lock, grouped
 # alternatives, the Xen tables gone, 7.3's spinlock static calls).
-PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64", "native"),
+PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("amd64", "kaslr"),
+        ("cloud-amd64", "native"),
         ("cloud-amd64", "xen1"), ("cloud-amd64", "xen2"),
         ("6.12-amd64", "native"), ("6.12-amd64", "xen1"), ("6.12-amd64", "xen2"),
+        ("6.12-amd64", "kaslr"),
         # 6.12 cloud has no dom0 support (Xen: "Kernel does not support Dom0 operation", as
         # `pvpatch notes --check` predicts), so it is booted natively only
         ("6.12-cloud-amd64", "native"),
@@ -44,9 +48,9 @@ PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("cloud-amd64
         # 32-bit x86 (ELF32, 8-byte records, i386 NOPs); 32-bit Xen PV left Linux in 5.9
         ("686-pae", "native"), ("686", "native"),
         ("bullseye:amd64", "native"), ("bullseye:amd64", "native", "EPYC"),
-        ("bullseye:amd64", "xen1"), ("bullseye:amd64", "xen2"),
+        ("bullseye:amd64", "xen1"), ("bullseye:amd64", "xen2"), ("bullseye:amd64", "kaslr"),
         ("trixie-backports:amd64", "native"), ("trixie-backports:amd64", "xen1"),
-        ("trixie-backports:amd64", "xen2"),
+        ("trixie-backports:amd64", "xen2"), ("trixie-backports:amd64", "kaslr"),
         ("sid:amd64", "native"), ("sid:amd64", "xen1"), ("sid:amd64", "xen2"))
 
 
@@ -55,22 +59,64 @@ def row_name(row: tuple[str, ...]) -> str:
     return f"{row[0]}:{row[1]}" + (f"@{row[2]}" if len(row) > 2 else "")
 
 
-def apply_available(pvpatch: str) -> bool:
+def verify_available(pvpatch: str) -> bool:
     try:
-        r = subprocess.run([pvpatch, "apply", "--help"], capture_output=True, timeout=120)
+        r = subprocess.run([pvpatch, "verify", "--help"], capture_output=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
 
 
-def apply_args(mode: str, meta: dict) -> list[str]:
-    """The backend of the boot, and its CPU: kernels before 5.13 pad for the boot CPU (a
-    qemu64 and a Xen boot on max,-smap,-smep are both AuthenticAMD family 15: K8 NOPs)."""
+def verify_args(mode: str, meta: dict) -> list[str]:
+    """The boot's configuration, and its CPU: kernels before 5.13 pad for the boot CPU (a
+    qemu64 and a Xen boot on max,-smap,-smep are both AuthenticAMD family 15: K8 NOPs). A
+    .text dump starts at the .text link address (nokaslr); a kaslr core says where it is."""
     cpu = meta.get("guest_cpu", {}).get("pvpatch_cpu")
     on = ["--cpu", cpu] if cpu else []
-    if mode == "native":
-        return ["--backend", "native", *on]
-    return ["--backend", "xen", "--vcpus", mode.removeprefix("xen"), *on]
+    raw = [] if mode == "kaslr" else ["--raw-start", meta["text"]["vaddr"]]
+    if mode in ("native", "kaslr"):
+        return [*raw, "--backend", "native", *on]
+    return [*raw, "--backend", "xen", "--vcpus", mode.removeprefix("xen"), *on]
+
+
+def run_verify(pvpatch: str, vmlinux: Path, dump: Path, mode: str, meta: dict
+               ) -> tuple[int, dict | None, str]:
+    """``pvpatch verify … --json``: (exit status, the report, stderr's tail)."""
+    argv = [pvpatch, "verify", str(vmlinux), str(dump), *verify_args(mode, meta), "--json"]
+    say(" ".join(argv))
+    r = subprocess.run(argv, capture_output=True, text=True)
+    doc = json.loads(r.stdout) if r.returncode in (0, 1) and r.stdout else None
+    return r.returncode, doc, r.stderr[-3000:]
+
+
+def row_counts(doc: dict, meta: dict) -> dict:
+    """The table's columns from a verify report: pv sites matched and differing, those on
+    pages the dump lacks (no-data: the locator found them nowhere), static calls."""
+    kinds = doc["verdict"]["by_kind"]
+    missing = {int(p["page"]) for p in meta.get("location", {}).get("missing_pages", [])}
+    start = int(meta["text"]["vaddr"], 16)
+    lacking = [u for u in doc["unexpected"]
+               if (int(u["link_address"], 16) - start) // 4096 in missing]
+    pv = kinds["pv_site"]
+    no_data = sum(u["kind"] == "pv_site" for u in lacking)
+    sc, tr = kinds["static_call_site"], kinds["trampoline"]
+    return {"sites": pv["places"], "match": pv["matched"], "differ": pv["unexpected"] - no_data,
+            "no_data": no_data,
+            "static": f"{sc['matched']}/{sc['places']} {tr['matched']}/{tr['places']}"}
+
+
+def print_unexpected(doc: dict, title: str, max_list: int) -> None:
+    rows = doc["unexpected"]
+    shown = rows if not max_list else rows[:max_list]
+    print(f"\n== {title}: {len(rows)} place(s) differ" +
+          (f" (first {len(shown)})" if len(shown) < len(rows) else "") +
+          ": address function op (kind)")
+    print("    plan:  bytes  instructions       (what the configuration leaves)")
+    print("    boot:  bytes  instructions       (what the booted kernel holds)")
+    for u in shown:
+        print(f"{u['address']}  {u['function']}  {u['op']}  ({u['kind']})")
+        print(f"    plan:  {u['expected'] or '-':<16} {u['expected_text'] or ''}")
+        print(f"    boot:  {u['found'] or '-':<16} {u['found_text'] or u['note']}")
 
 
 def main() -> int:
@@ -86,8 +132,6 @@ def main() -> int:
                          "suite-qualified flavour, bullseye:amd64:native")
     ap.add_argument("--describe", action="store_true",
                     help="also print each dump's per-op ground truth")
-    ap.add_argument("--keep-patched", action="store_true",
-                    help="keep the patched ELFs (about 600 MB each) in the cache")
     ap.add_argument("--max-list", type=int, default=20, metavar="N",
                     help="differing sites listed per run (0: all)")
     a = ap.parse_args()
@@ -96,16 +140,16 @@ def main() -> int:
         ap.error(f"--only matches nothing in {', '.join(row_name(p) for p in PLAN)}")
 
     try:
-        ensure_tools(xen=any(p[1] != "native" for p in plan))
+        ensure_tools(xen=any(p[1].startswith("xen") for p in plan))
     except BootError as e:
         print(f"boot-test: {e}", file=sys.stderr)
         return 2
     for k, v in tool_versions().items():
         say(f"{k}: {v}")
-    can_apply = apply_available(a.pvpatch)
-    if not can_apply:
-        say(f"`{a.pvpatch} apply --help` failed: pvpatch apply is not available yet. "
-            "SKIPPING apply and comparison; the boot dumps are still made.")
+    can_verify = verify_available(a.pvpatch)
+    if not can_verify:
+        say(f"`{a.pvpatch} verify --help` failed: pvpatch verify is not available. "
+            "SKIPPING the comparison; the boot dumps are still made.")
 
     rows = []
     kernels: dict[str, object] = {}
@@ -125,41 +169,26 @@ def main() -> int:
             meta = bootmod.boot(kernel, mode, refresh=a.refresh, timeout=a.timeout, cpu=cpu)
             row["boot_s"] = meta["boot_seconds"]
             dump = bootmod.paths(kernel, mode, cpu)[0]
-            if a.describe:
+            if a.describe and mode != "kaslr":  # compare.py reads .text dumps, not cores
                 described.setdefault(kernel.release, {})[label] = cmp.compare(
                     kernel.vmlinux, dump, None, True)
-            if not can_apply:
-                row["result"] = "dump ok; apply skipped"
+            if not can_verify:
+                row["result"] = "dump ok; verify skipped"
                 continue
-            out = kernel.boot_dir / f"patched-{bootmod.stem(mode, cpu)}.vmlinux"
-            argv = [a.pvpatch, "apply", str(kernel.vmlinux), "-o", str(out),
-                    *apply_args(mode, meta)]
-            say(" ".join(argv))
             t = time.monotonic()
-            r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
-            row["apply_s"] = round(time.monotonic() - t, 1)
-            if r.returncode:
-                row["result"] = f"apply failed (exit {r.returncode})"
-                say(f"pvpatch apply failed:\n{r.stderr[-3000:]}")
+            rc, doc, err = run_verify(a.pvpatch, kernel.vmlinux, dump, mode, meta)
+            row["verify_s"] = round(time.monotonic() - t, 1)
+            if doc is None:
+                row["result"] = f"verify failed (exit {rc})"
+                say(f"pvpatch verify failed:\n{err}")
                 continue
-            try:
-                res = cmp.compare(kernel.vmlinux, dump, out, False)
-            finally:
-                if not a.keep_patched:
-                    out.unlink(missing_ok=True)
-            write_json(kernel.boot_dir / f"compare-{bootmod.stem(mode, cpu)}.json", res)
-            row.update(res["total"])
-            t, sc = res["total"], res["static_calls"]
-            row["static"] = (f"{sc['sites']['match']}/{sc['sites']['sites']} "
-                             f"{sc['trampolines']['match']}/{sc['trampolines']['sites']}")
-            same = t["match"] == t["sites"] and sc["total"]["match"] == sc["total"]["sites"]
-            row["result"] = "ok" if same else "DIFFERS"
-            if not same:
-                print(f"\n== {kernel.release} {label}: sites that differ (full list: "
-                      f"{kernel.boot_dir / f'compare-{bootmod.stem(mode, cpu)}.json'})")
-                differing = {op: c for op, c in res["counts"].items() if c["match"] != c["sites"]}
-                cmp.print_report({**res, "counts": differing}, a.max_list)
+            name = bootmod.stem(mode, cpu)
+            write_json(kernel.boot_dir / f"verify-{name}.json", doc)
+            row.update(row_counts(doc, meta))
+            row["result"] = "ok" if rc == 0 else "DIFFERS"
+            if rc:
+                print_unexpected(doc, f"{kernel.release} {label} (full report: "
+                                      f"{kernel.boot_dir / f'verify-{name}.json'})", a.max_list)
         except BootError as e:
             row["result"] = "FAILED: " + str(e).splitlines()[0][:60]
             say(f"{flavour} {label}: {e}")
@@ -167,16 +196,16 @@ def main() -> int:
     for release, results in described.items():
         cmp.print_side_by_side(release, results)
     print()
-    print(f"{'kernel':<22} {'boot':<12} {'boot s':>6} {'sites':>6} {'match':>6} {'differ':>6} "
-          f"{'no-data':>7}  {'static calls':<13} result")
+    print(f"{'kernel':<22} {'boot':<12} {'boot s':>6} {'verify s':>8} {'sites':>6} {'match':>6} "
+          f"{'differ':>6} {'no-data':>7}  {'static calls':<13} result")
     for r in rows:
         boot_s = f"{r['boot_s']:.1f}" if r["boot_s"] is not None else "-"
-        print(f"{r['release']:<22} {r['mode']:<12} {boot_s:>6} {r.get('sites', '-'):>6} "
-              f"{r.get('match', '-'):>6} {r.get('differ', '-'):>6} {r.get('no_data', '-'):>7}"
-              f"  {r.get('static', '-'):<13} {r['result']}")
-    if not can_apply:
-        print("\npvpatch apply is not available: nothing was compared (dumps are cached).")
-    failed = [r for r in rows if r["result"] not in ("ok", "dump ok; apply skipped")]
+        print(f"{r['release']:<22} {r['mode']:<12} {boot_s:>6} {r.get('verify_s', '-'):>8} "
+              f"{r.get('sites', '-'):>6} {r.get('match', '-'):>6} {r.get('differ', '-'):>6} "
+              f"{r.get('no_data', '-'):>7}  {r.get('static', '-'):<13} {r['result']}")
+    if not can_verify:
+        print("\npvpatch verify is not available: nothing was compared (dumps are cached).")
+    failed = [r for r in rows if r["result"] not in ("ok", "dump ok; verify skipped")]
     return 1 if failed else 0
 
 

@@ -231,4 +231,8 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("check", "{in}", "--format", "json"),
     ("check", "{in}", "--baseline", "{other}", "--format", "junit", "-o", "{out}"),
     ("extract", "{in}", "-o", "{out}"),
+    # the mutant as memory of the unmutated image: an ELF core when the mutator made it one,
+    # else raw bytes from 0x400000 (where ld puts an x86-64 fixture's first segment)
+    ("verify", "{other}", "{in}"),
+    ("verify", "{other}", "{in}", "--raw-start", "0x400000", "--json"),
 )

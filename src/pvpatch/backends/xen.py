@@ -32,7 +32,6 @@ from pvpatch.kernel.era import LEGACY_ERAS, era_version, version_key
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
 from pvpatch.kernel.startup import Region, StartupResult, run_startup
-from pvpatch.kernel.stores import StoreReader
 
 KNOWN_PATCHERS = ("xen_patch", "paravirt_patch_default", "native_patch")
 
@@ -226,9 +225,9 @@ def _regions(model: KernelModel) -> list[Region]:
 
 
 def startup(model: KernelModel, vcpus: int) -> StartupResult:
-    """What the Xen start-up functions leave in the pv tables and static-call keys."""
-    reader = StoreReader(model.image)
-    return run_startup(reader, XEN_STARTUP.steps, _regions(model), {"vcpus>1": vcpus > 1})
+    """What the Xen start-up functions leave in the pv tables and static-call keys (the
+    model's decoder is shared, so the second vCPU count decodes nothing again)."""
+    return run_startup(model.stores, XEN_STARTUP.steps, _regions(model), {"vcpus>1": vcpus > 1})
 
 
 def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | None

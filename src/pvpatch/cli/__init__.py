@@ -31,6 +31,7 @@ COMMANDS = {  # name → module; imported only when that command runs, to keep s
     "diff": "pvpatch.cli.diff_cmd",
     "check": "pvpatch.cli.check_cmd",
     "extract": "pvpatch.cli.extract_cmd",
+    "verify": "pvpatch.cli.verify_cmd",
 }
 
 
@@ -118,6 +119,7 @@ def cli() -> None:
       pvpatch notes vmlinux --check           would Xen's domain builder load it?
       pvpatch apply vmlinux -o out --backend xen   the kernel as a Xen PV guest patches it
       pvpatch diff vmlinux out                what changed at each site, classified
+      sudo pvpatch verify vmlinux /proc/kcore does the running kernel hold what it should?
 
     Every command takes --json for machine-readable output (schemas in docs/).
     Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input,

@@ -101,3 +101,16 @@ def _report(problems: list[str] | None, message: str) -> None:
 
 def _round4(n: int) -> int:
     return (n + 3) & ~3
+
+
+NT_GNU_BUILD_ID = 3  # elf.h; ld --build-id writes it into .notes of every vmlinux
+
+
+def build_id(image: ElfImage) -> str | None:
+    """The image's GNU build-id, hex (None: linked without one)."""
+    for kind in ("segments", "sections"):
+        for area in note_areas(image, kind):
+            for note in iter_notes(image, area):
+                if note.name == "GNU" and note.type == NT_GNU_BUILD_ID and note.desc:
+                    return note.desc.hex()
+    return None

@@ -407,10 +407,55 @@ class SymbolTable:
         return {v: self._symbol(i).name for v, (_rank, i) in best.items()}
 
     def describe_data(self, addr: int) -> str:
-        """A data address by the symbol defined exactly there (a table a copy starts at),
-        else in hex: the code index knows only code, and a scan for the object containing
-        an arbitrary address costs more than a report line is worth."""
-        return self.name_at(addr) or f"{addr:#x}"
+        """``object+0xoff`` for an address in data (the code index knows only code): the
+        sized symbol of a data section that holds it — of those, the one starting last, and
+        of several starting there the first defined; an address in code is described as
+        code."""
+        exact = self.name_at(addr)
+        if exact is not None:
+            return exact
+        best = self._holder(addr)
+        if best is None:
+            return self.describe(addr)
+        sym = self._symbol(best)
+        return f"{sym.name}+{addr - sym.value:#x}"
+
+    HOLDER_WALK = 256  # sized symbols looked at below an address before scanning them all
+
+    @cached_property
+    def _sized_index(self) -> tuple[list[int], list[int]]:
+        """(addresses, record indexes) of the named, sized symbols outside executable
+        sections, sorted by address (table order kept at a tie): describe_data bisects it
+        instead of scanning every symbol (a Xen plan asks it about the sources of its table
+        copies). A third of a debug kernel's sized symbols: 20 ms to sort, not 50."""
+        c = self._columns
+        values, exe = c["value"], self._exec
+        named = map(bool, map(min, c["size"], c["name"]))
+        data = map(exe.__contains__, c["shndx"])
+        rows = list(compress(range(len(values)), map(bool.__gt__, named, data)))
+        rows.sort(key=values.__getitem__)
+        return list(map(values.__getitem__, rows)), rows
+
+    def _holder(self, addr: int) -> int | None:
+        c = self._columns
+        values, sizes = c["value"], c["size"]
+        addrs, rows = self._sized_index
+        pos = bisect.bisect_right(addrs, addr) - 1
+        for j in range(pos, max(-1, pos - self.HOLDER_WALK), -1):
+            i = rows[j]
+            if values[i] + sizes[i] > addr:  # the last start that holds it; the first row there
+                same = [r for r in rows[bisect.bisect_left(addrs, addrs[j]):j + 1]
+                        if values[r] + sizes[r] > addr]
+                return min(same)
+        if pos < self.HOLDER_WALK:
+            return None
+        best = None  # a holder further down (a huge object): the scan
+        for i in compress(range(len(values)), map(addr.__ge__, values)):
+            v, n = values[i], sizes[i]
+            if v + n > addr and c["name"][i] and c["shndx"][i] not in self._exec and \
+                    (best is None or v > values[best]):
+                best = i
+        return best
 
     def name_at(self, addr: int) -> str | None:
         """Name of any symbol defined exactly at ``addr``: code first, then data (a scan)."""

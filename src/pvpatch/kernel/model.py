@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.loader import open_image
 from pvpatch.kernel.alternatives import AltTable, read_alternatives
+from pvpatch.kernel.boot_writes import BootWrites, read_boot_writes
 from pvpatch.kernel.btf_fit import check_btf_fits
 from pvpatch.kernel.builtin_choice import BuiltinChoice, choose_builtin, locate_by_contents
 from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
@@ -25,6 +27,9 @@ from pvpatch.kernel.table_base import TableBase, derive_table_base
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
 from pvpatch.types.model import TypeSource
+
+if TYPE_CHECKING:
+    from pvpatch.kernel.stores import StoreReader
 
 
 @dataclass
@@ -128,3 +133,17 @@ class KernelModel:
         """The pv static calls (5.12+): keys, trampolines and ``.static_call_sites`` records;
         empty for a kernel that has none."""
         return read_static_calls(self.image, self.version)
+
+    @cached_property
+    def boot_writes(self) -> BootWrites | None:
+        """Where in .text boot may rewrite the image, per patch table (None: no .text)."""
+        return read_boot_writes(self.image, self.sites, self.static_calls, self.alternatives)
+
+    @cached_property
+    def stores(self) -> StoreReader:
+        """The store decoder over the image's functions, shared by every backend that reads
+        start-up code: its decoded functions are cached, so a second backend (Xen with
+        another vCPU count) decodes nothing again."""
+        from pvpatch.kernel.stores import StoreReader  # capstone's decoder: only when asked
+
+        return StoreReader(self.image)

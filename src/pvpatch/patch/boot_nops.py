@@ -89,3 +89,19 @@ def feature(name: str, bits: int, version: T.Version, cpu: Cpu) -> tuple[bool, s
 
 def _short(v: T.Version) -> str:
     return f"{v[0]}.{v[1]}" + (f".{v[2]}" if v[0] == 2 else "")
+
+
+# One CPU per branch of the NOP rules (patch.native_tables.NOP_RULES), tried in turn when
+# a memory image is verified and no --cpu says what the machine was (verify.configs). Each is a
+# part the branch's test holds for; a kernel whose rule sends two of them to one table is tried
+# once.
+CPU_CLASSES = (
+    ("intel:6:94", "Intel with NOPL, e.g. a Skylake (QEMU's Skylake-Client)"),
+    ("amd:15:107", "AMD family 0xf, a K8 (QEMU's qemu64 and its Xen -cpu max)"),
+    ("amd:23:1", "AMD family > 0xf, e.g. an EPYC"),
+    ("amd:6:2", "AMD family 6, a K7 (i386)"),
+    ("intel:6:23", "an Intel decoder-quirk model, e.g. a Core 2 Penryn"),
+    ("hygon:24:0", "Hygon"),
+    ("centaur:6:15", "any other vendor, e.g. a VIA Nano"),
+)
+

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import capstone
-from capstone import x86_const as X
-
+from pvpatch.disasm import _capstone
 from pvpatch.image.elf import ElfImage
+
+if TYPE_CHECKING:
+    import capstone
 
 GPR64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
          "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -46,6 +48,7 @@ class Clobbers:
 
 class ClobberAnalyzer:
     def __init__(self, image: ElfImage) -> None:
+        capstone, _ = _capstone()
         self.image = image
         self.bits = image.bits
         self._md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if self.bits == 64
@@ -75,6 +78,7 @@ class ClobberAnalyzer:
 
         Only at the mode's full register width: on x86-64 ``mov %esi,%esi`` zero-extends rsi.
         """
+        _, X = _capstone()
         if insn.id not in (X.X86_INS_MOV, X.X86_INS_LEA) or len(insn.operands) != 2:
             return False
         dst, src = insn.operands
@@ -91,6 +95,7 @@ class ClobberAnalyzer:
             ((base, index) == (0, dst.reg) and src.mem.scale == 1)  # K7: lea 0(,%eax,1),%eax
 
     def _writes(self, insn: capstone.CsInsn) -> set[str]:
+        capstone, _ = _capstone()
         try:
             _read, write = insn.regs_access()
         except capstone.CsError:
@@ -98,6 +103,7 @@ class ClobberAnalyzer:
         return {FAMILY[n] for n in (insn.reg_name(r) for r in write) if n in FAMILY}
 
     def _function(self, address: int, depth: int = 0) -> Clobbers:
+        _, X = _capstone()
         syms = self.image.symbols
         sym = syms.at(address)
         abi = C_ABI[self.bits]
@@ -136,10 +142,12 @@ class ClobberAnalyzer:
         frame setup, and asm thunks save caller-saved ones around their call, so any push
         that is matched by a pop counts as a save.
         """
+        _, X = _capstone()
         return {FAMILY[i.reg_name(i.operands[0].reg)] for i in insns
                 if i.id == X.X86_INS_PUSH and i.operands and i.operands[0].type == X.X86_OP_REG}
 
     def _callee(self, insn: capstone.CsInsn, depth: int) -> set[str]:
+        _, X = _capstone()
         op = insn.operands[0] if insn.operands else None
         if op is None or op.type != X.X86_OP_IMM:
             return set(C_ABI[self.bits]) if insn.id == X.X86_INS_CALL else set()
