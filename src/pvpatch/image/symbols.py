@@ -287,6 +287,17 @@ class SymbolTable:
             pos = self._strtab.find(needle, pos + 1)
         return [sym for name in sorted(names) for sym in self.lookup(name)]
 
+    def names_ending(self, suffix: str) -> set[str]:
+        """Every name in the string table that ends with ``suffix`` (C-speed searches)."""
+        needle = suffix.encode("latin-1") + b"\0"
+        out: set[str] = set()
+        pos = self._strtab.find(needle)
+        while pos >= 0:
+            start = self._strtab.rfind(b"\0", 0, pos) + 1
+            out.add(self._strtab[start:pos + len(needle) - 1].decode("latin-1"))
+            pos = self._strtab.find(needle, pos + 1)
+        return out
+
     def address(self, name: str) -> int | None:
         sym = self.get(name)
         return None if sym is None else sym.value
@@ -420,39 +431,25 @@ class SymbolTable:
         sym = self._symbol(best)
         return f"{sym.name}+{addr - sym.value:#x}"
 
-    HOLDER_WALK = 256  # sized symbols looked at below an address before scanning them all
-
-    @cached_property
-    def _sized_index(self) -> tuple[list[int], list[int]]:
-        """(addresses, record indexes) of the named, sized symbols outside executable
-        sections, sorted by address (table order kept at a tie): describe_data bisects it
-        instead of scanning every symbol (a Xen plan asks it about the sources of its table
-        copies). A third of a debug kernel's sized symbols: 20 ms to sort, not 50."""
-        c = self._columns
-        values, exe = c["value"], self._exec
-        named = map(bool, map(min, c["size"], c["name"]))
-        data = map(exe.__contains__, c["shndx"])
-        rows = list(compress(range(len(values)), map(bool.__gt__, named, data)))
-        rows.sort(key=values.__getitem__)
-        return list(map(values.__getitem__, rows)), rows
+    HOLDER_WINDOW = 1 << 16  # how far below an address a holder is looked for first
 
     def _holder(self, addr: int) -> int | None:
+        """The record of the sized data symbol that holds ``addr`` (the last start; at a tie
+        the first defined), among those starting within HOLDER_WINDOW below it, found in
+        one C-level pass: a sorted index of every data symbol cost ~30 ms to build, and a
+        scan of all of them as much, for the one or two descriptions a Xen plan asks for. An
+        object larger than the window is not named (the address is described as it is)."""
         c = self._columns
+        near = range(max(0, addr - self.HOLDER_WINDOW), addr + 1)
+        return self._best_holder(addr, compress(range(len(c["value"])),
+                                                map(near.__contains__, c["value"])))
+
+    def _best_holder(self, addr: int, rows: Iterable[int]) -> int | None:
+        c, best = self._columns, None
         values, sizes = c["value"], c["size"]
-        addrs, rows = self._sized_index
-        pos = bisect.bisect_right(addrs, addr) - 1
-        for j in range(pos, max(-1, pos - self.HOLDER_WALK), -1):
-            i = rows[j]
-            if values[i] + sizes[i] > addr:  # the last start that holds it; the first row there
-                same = [r for r in rows[bisect.bisect_left(addrs, addrs[j]):j + 1]
-                        if values[r] + sizes[r] > addr]
-                return min(same)
-        if pos < self.HOLDER_WALK:
-            return None
-        best = None  # a holder further down (a huge object): the scan
-        for i in compress(range(len(values)), map(addr.__ge__, values)):
-            v, n = values[i], sizes[i]
-            if v + n > addr and c["name"][i] and c["shndx"][i] not in self._exec and \
+        for i in rows:
+            v = values[i]
+            if v + sizes[i] > addr and c["name"][i] and c["shndx"][i] not in self._exec and \
                     (best is None or v > values[best]):
                 best = i
         return best
