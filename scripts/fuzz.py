@@ -82,9 +82,9 @@ def run_one(job: tuple[int, int, str, bytes, bytes, int, int]) -> tuple[int, str
     """Run one mutant through one command; return (index, failure or None)."""
     index, seed, name, image, other, timeout, _memory_mb = job
     from click.testing import CliRunner
+    from fuzzing.images import COMMANDS, mutate
 
     from pvpatch.cli import cli
-    from pvpatch.fuzz import COMMANDS, mutate
 
     rng = random.Random(seed)
     mutant, log = mutate(image, rng)

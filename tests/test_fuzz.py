@@ -14,8 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import fuzz
-
-from pvpatch.fuzz import COMMANDS, MUTATORS, mutate
+from fuzzing.images import COMMANDS, MUTATORS, mutate
 
 MUTANTS = 320
 
@@ -49,3 +48,14 @@ def test_mutators_change_the_image(images):
         assert what and (bytes(buf) != image or "out of range" in what), name
     mutant, log = mutate(image, rng)
     assert mutant != image and log
+
+
+def test_the_installed_package_carries_no_fuzzing_code():
+    """The fuzzer is test machinery (scripts/fuzzing/): src/ neither holds nor imports it."""
+    import importlib.util
+
+    assert importlib.util.find_spec("pvpatch.fuzz") is None
+    src = Path(__file__).resolve().parent.parent / "src"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        assert "import fuzzing" not in text and "from fuzzing" not in text, path
