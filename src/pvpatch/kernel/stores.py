@@ -380,6 +380,8 @@ class StoreReader:
     def _dataflow(self, ops: list[Op], entry: State) -> list[State]:
         """The register state before each instruction: forward dataflow over the basic
         blocks, to a fixed point (a join keeps what every predecessor agrees on)."""
+        if not ops:  # not one instruction decodes (_decode reports the bytes as a problem)
+            return []
         index = {op.address: k for k, op in enumerate(ops)}
         leaders = {0}
         for k, op in enumerate(ops):
