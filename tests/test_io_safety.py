@@ -346,3 +346,17 @@ def test_a_failed_rename_takes_back_the_outputs_already_in_place(work, monkeypat
             outs.claim(str(d / name), "-o").write_text("x")
         outs.commit()
     assert not (d / "ok.elf").exists() and leftovers(d) == []
+
+
+@pytest.mark.parametrize("option", ["--btf", "--system-map", "--cpuinfo", "--baseline"])
+def test_a_side_file_that_never_ends_is_refused_in_bounded_memory(kernel, option):
+    """Found by the fuzzer: --baseline /dev/zero (and --btf, --system-map, --cpuinfo) read
+    the whole 'file', until MemoryError or the OOM killer; now each stops at its bound."""
+    cmd = "check" if option == "--baseline" else "apply"
+    extra = () if cmd == "check" else ("--dry-run",)
+    r = subprocess.run([sys.executable, "-c",
+                        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, "
+                        "(1 << 30, 1 << 30)); from pvpatch.cli import main; sys.argv[0] = "
+                        "'pvpatch'; main()", cmd, str(kernel), *extra, option, "/dev/zero"],
+                       capture_output=True, text=True, timeout=120)
+    _refused(r, "/dev/zero", "more than")

@@ -10,9 +10,9 @@ patch planners. It imports nothing from the layers that read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from pvpatch.errors import InputError, UsageError
+from pvpatch.inputs import CPUINFO_LIMIT, read_bounded
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,7 @@ def parse_cpu(spec: str) -> Cpu:
 
 def parse_cpuinfo(path: str) -> Cpu:
     """The first processor of a ``/proc/cpuinfo``: vendor_id, cpu family, model, flags."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    text = read_bounded(path, CPUINFO_LIMIT, "a /proc/cpuinfo").decode(errors="replace")
     fields = _first_processor(text)
     missing = [k for k in ("vendor_id", "cpu family", "model") if k not in fields]
     if missing:

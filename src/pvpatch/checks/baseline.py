@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pvpatch.checks.model import Finding
 from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import InputError
+from pvpatch.inputs import REPORT_LIMIT, read_bounded
 from pvpatch.kernel.version import release_flavour, release_series
 
 Key = tuple[str, str | None, str, str]
@@ -104,10 +105,10 @@ def _from_report(path: str, checked: KernelKind | None = None) -> Baseline:
 def _read_json(path: str) -> object:
     """The parsed file. ValueError covers JSONDecodeError and a number of more than 4300
     digits (Python's int parser refuses it); RecursionError, arrays nested too deep."""
+    data = read_bounded(path, REPORT_LIMIT, "a JSON report")
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         why = "nested too deep" if isinstance(e, RecursionError) else str(e)[:160]
         raise InputError(f"baseline is neither an ELF image nor a JSON report ({why})",
                          path) from None

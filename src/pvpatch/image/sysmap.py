@@ -10,6 +10,7 @@ from __future__ import annotations
 from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.symbols import SymbolTable
+from pvpatch.inputs import SYSTEM_MAP_LIMIT, read_bounded
 
 MIN_MATCHING = 0.9  # share of the map's text symbols that must land in the image's code
 
@@ -72,11 +73,7 @@ def _address(text: str, bits: int, lineno: int, path: str) -> int:
 
 def load_system_map(path: str, image: ElfImage) -> SymbolTable:
     """The symbols of ``path`` for ``image``; InputError when they do not fit its sections."""
-    try:
-        with open(path, encoding="latin-1") as f:
-            text = f.read()
-    except OSError as e:
-        raise InputError(f"cannot open: {e.strerror}", path) from None
+    text = read_bounded(path, SYSTEM_MAP_LIMIT, "a System.map").decode("latin-1")
     entries = parse_system_map(text, path, image.bits)
     why = anchor_mismatch(image, {n: a for n, a, _t in entries if n in ANCHORS})
     if why is not None:
