@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -18,9 +19,11 @@ import xml.etree.ElementTree as ET
 import pytest
 from conftest import assemble, real_kernel
 
+from pvpatch.checks.baseline import load_baseline
 from pvpatch.checks.model import BY_ID, CHECKS, ERROR, WARNING
 from pvpatch.checks.runner import parse_backends, run_checks
 from pvpatch.checks.slots import target_problem
+from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
 from pvpatch.kernel.model import KernelModel
 
@@ -327,3 +330,38 @@ def test_json_flag_is_format_json_and_workers_do_not_change_the_report(tmp_path)
     assert json.loads(a.stdout)["counts"]["error"] == 1
     r = run(path, "--json", "--format", "junit")
     assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+def _report(findings: object, **top: object) -> str:
+    return json.dumps({"schema": "pvpatch.check/1", "machine": "x86_64", **top,
+                       "findings": findings})
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deep"),
+    ('{"schema": "pvpatch.check/1", "n": ' + "9" * 5000 + "}", "4300 digits"),
+    (_report({"check": "x"}), "findings is an object, expected a list"),
+    (_report(["x"]), "finding 0 is a string, expected an object"),
+    (_report([{"check": "c", "backend": None, "function": "f"}]), "finding 0 lacks 'op'"),
+    (_report([{"check": "c", "backend": None, "function": 7, "op": "o"}]),
+     "finding 0 has function a number"),
+    (_report([{"check": ["c"], "backend": None, "function": "f", "op": "o"}]),
+     "finding 0 has check a list"),  # a list would be unhashable in the key
+    (_report([{"check": "c", "backend": {}, "function": "f", "op": "o"}]),
+     "finding 0 has backend an object"),
+])
+def test_a_baseline_report_of_the_wrong_shape_is_an_input_error(tmp_path, text, needle):
+    """Found by the fuzzer: each of these was a traceback (RecursionError, ValueError,
+    AttributeError on .split, TypeError: unhashable)."""
+    path = tmp_path / "old.json"
+    path.write_text(text)
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_baseline(str(path), ("native",), 2)
+
+
+def test_a_wrong_baseline_report_is_one_line_on_the_command_line(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(_report([{"check": "c", "backend": None, "function": 1.5, "op": "o"}]))
+    r = run(build(), "--baseline", str(path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "finding 0 has function a number" in r.stderr

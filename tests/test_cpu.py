@@ -86,12 +86,28 @@ def test_cpuinfo_other_vendor_takes_the_default_branch(tmp_path):
 
 @pytest.mark.parametrize("text,needle", [
     ("hello\n", "no vendor_id, cpu family, model line"),
-    ("vendor_id : GenuineIntel\ncpu family : six\nmodel : 1\n", "not numbers")])
+    ("vendor_id : GenuineIntel\ncpu family : six\nmodel : 1\n", "not a decimal number"),
+    # found by the fuzzer: out of CPUID's range no NOP rule's default test matched, and
+    # planning a pre-5.13 kernel failed an assertion
+    ("vendor_id : GenuineIntel\ncpu family : 6\nmodel : 256\n", "model 256 is outside 0–255"),
+    ("vendor_id : GenuineIntel\ncpu family : 271\nmodel : 1\n", "outside 0–270"),
+    ("vendor_id : GenuineIntel\ncpu family : -1\nmodel : 1\n", "not a decimal number"),
+    ("vendor_id : GenuineIntel\ncpu family : 6\nmodel : " + "9" * 5000 + "\n", "outside"),
+    ("vendor_id : GenuineIntel\ncpu family : \u0666\nmodel : 1\n", "not a decimal number")])
 def test_not_a_cpuinfo(tmp_path, text, needle):
     path = tmp_path / "cpuinfo"
     path.write_text(text)
     with pytest.raises(InputError, match=needle):
         parse_cpuinfo(str(path))
+
+
+def test_cpuinfo_out_of_range_is_a_one_line_error_for_a_pre_5_13_plan(tmp_path):
+    from legacy_fixtures import xen_legacy_kernel
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(CPUINFO.replace("model\t\t: 107", "model\t\t: 256"))
+    one_line_error(run("apply", xen_legacy_kernel(3, 32, 40900), "--dry-run", "--cpuinfo",
+                       str(info)), "model 256 is outside")
 
 
 def test_resolve_cpu():
@@ -131,7 +147,7 @@ def test_bad_values_are_one_line(k510, tmp_path):
     one_line_error(run("apply", k510, "--dry-run", "--cpuinfo", str(bad)),
                    "not a /proc/cpuinfo", str(bad))
     one_line_error(run("diff", k510, k510, "--cpuinfo", str(tmp_path / "missing")),
-                   "cannot read")
+                   "cannot open")  # as for every other file
 
 
 QEMU64_WHY = ("k8 NOPs: 5.10 arch_init_ideal_nops: AuthenticAMD family 0xf model 0x6b: not AMD "

@@ -84,3 +84,19 @@ def test_section_size_fits_no_layout():
 def test_help_teaches():
     r = run("inspect", "--help")
     assert r.returncode == 0 and "Examples:" in r.stdout and "--op" in r.stdout
+
+
+@pytest.mark.parametrize("argv", [
+    # the unknown name was echoed as typed, its newline and all
+    ("--backend", "kvm", "--kvm-features", "steal_time,foo\nbar"),
+    ("--backend", "vmware", "--vmware-features", "tsc_freq,red\r\x1b[31mred"),
+])
+def test_an_error_is_one_line_whatever_the_input_holds(argv):
+    kernel = str(assemble("pv_kernel61.S", 64, defsyms={"STATIC_CALLS": 1, "GUEST_CODE": 1}))
+    r = run("inspect", kernel, *argv)
+    one_line_error(r, "unknown")
+    assert "\\n" in r.stderr or "\\r\\x1b" in r.stderr  # written as escapes, not dropped
+
+
+def test_a_file_name_with_a_newline_is_one_line_too(tmp_path: Path):
+    one_line_error(run("inspect", str(tmp_path / "a\nb")), "cannot open", "a\\nb")

@@ -314,3 +314,49 @@ def test_signals_exit_128_plus_the_signal_with_one_line(tmp_path, signame, statu
     lines = err.strip().splitlines()
     assert len(lines) == 1 and signame in lines[0] and "Traceback" not in err
     assert leftovers(out_dir) == [] and not (out_dir / "patched").exists()
+
+
+@pytest.mark.parametrize("report", ["{d}/r.json/", "{d}/" + "x" * 300, "{d}/."])
+def test_a_report_name_the_file_system_refuses_stops_before_anything_is_written(work, report):
+    """Found by the fuzzer: `--report r.json/` was claimed, and only its rename failed, after
+    -o's had put the patched ELF in place: a refused command left an output behind."""
+    d = work.parent
+    r = run("apply", str(work), "-o", str(d / "ok.elf"), "--report", report.format(d=d))
+    _refused(r, "--report")
+    assert not (d / "ok.elf").exists() and leftovers(d) == []
+
+
+def test_a_failed_rename_takes_back_the_outputs_already_in_place(work, monkeypatch):
+    """Should the last rename fail anyway (a full directory, EIO), the earlier ones go."""
+    from pvpatch import outputs
+    from pvpatch.errors import UsageError
+
+    d = work.parent
+    real = os.replace
+
+    def flaky(src: str, dst: str) -> None:
+        if dst.endswith("r.json"):
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", flaky)
+    with pytest.raises(UsageError, match="cannot write"), \
+            outputs.OutputFiles([str(work)]) as outs:
+        for name in ("ok.elf", "r.json"):
+            outs.claim(str(d / name), "-o").write_text("x")
+        outs.commit()
+    assert not (d / "ok.elf").exists() and leftovers(d) == []
+
+
+@pytest.mark.parametrize("option", ["--btf", "--system-map", "--cpuinfo", "--baseline"])
+def test_a_side_file_that_never_ends_is_refused_in_bounded_memory(kernel, option):
+    """Found by the fuzzer: --baseline /dev/zero (and --btf, --system-map, --cpuinfo) read
+    the whole 'file', until MemoryError or the OOM killer; now each stops at its bound."""
+    cmd = "check" if option == "--baseline" else "apply"
+    extra = () if cmd == "check" else ("--dry-run",)
+    r = subprocess.run([sys.executable, "-c",
+                        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, "
+                        "(1 << 30, 1 << 30)); from pvpatch.cli import main; sys.argv[0] = "
+                        "'pvpatch'; main()", cmd, str(kernel), *extra, option, "/dev/zero"],
+                       capture_output=True, text=True, timeout=120)
+    _refused(r, "/dev/zero", "more than")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import assemble, one_line_error
@@ -148,3 +149,19 @@ def test_a_newer_kernel_is_planned_natively_with_a_warning():
     assert r.returncode == 0, r.stderr
     notes = json.loads(r.stdout)["notes"]
     assert any("7.9 is newer than 7.3" in n and "algorithm" in n for n in notes), notes
+
+
+def test_a_function_whose_first_byte_does_not_decode_is_a_problem_not_a_crash(tmp_path):
+    """Found by the fuzzer: no instruction at all left the dataflow with no block to read."""
+    path = tmp_path / "vmlinux"
+    path.write_bytes(Path(build(XEN_CODE=1)).read_bytes())
+    with KernelModel.open(str(path)) as m:
+        sym = m.image.symbols.get("xen_init_irq_ops")
+        at = m.image.offset_of(sym.value, 1)
+    data = bytearray(path.read_bytes())
+    data[at] = 0x06  # push %es: invalid in 64-bit mode, so capstone decodes nothing
+    path.write_bytes(data)
+    with KernelModel.open(str(path)) as m:
+        effects = StoreReader(m.image).function("xen_init_irq_ops")
+    assert effects.events == []
+    assert any("cannot decode" in p for p in effects.problems), effects.problems

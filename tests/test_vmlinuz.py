@@ -424,6 +424,25 @@ def test_system_map_of_another_build(stripped, tmp_path):
     one_line_error(run("notes", str(image), "--system-map", str(shifted)), "does not match")
 
 
+@pytest.mark.parametrize("address,needle", [
+    ("1" + "0" * 16, "does not fit a 64-bit image"),  # 2^64: past any x86-64 register
+    ("f" * 40, "does not fit a 64-bit image"),
+    ("-1", "not a hex address"),  # int(…, 16) takes a sign …
+    ("0x10", "not a hex address"),  # … a 0x …
+    ("1_0", "not a hex address"),  # … and underscores; nm writes none of them
+])
+def test_system_map_address_that_no_symbol_can_hold(stripped, tmp_path, address, needle):
+    """Found by the fuzzer: a huge or negative address reached the symbol table's unsigned
+    array as an OverflowError traceback."""
+    image, smap, _btf = stripped
+    lines = smap.read_text().splitlines()
+    lines[len(lines) // 2] = f"{address} T some_function"
+    bad = tmp_path / "System.map"
+    bad.write_text("\n".join(lines) + "\n")
+    one_line_error(run("inspect", str(image), "--system-map", str(bad)),
+                   f"line {len(lines) // 2 + 1}", needle)
+
+
 def test_bad_btf_file(stripped, tmp_path):
     image, _smap, _btf = stripped
     junk = tmp_path / "btf"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pvpatch.errors import InputError, UsageError
+from pvpatch.inputs import CPUINFO_LIMIT, read_bounded
 
 
 @dataclass(frozen=True)
@@ -105,25 +106,32 @@ def parse_cpu(spec: str) -> Cpu:
 
 def parse_cpuinfo(path: str) -> Cpu:
     """The first processor of a ``/proc/cpuinfo``: vendor_id, cpu family, model, flags."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:  # (pathlib: 6 ms to import)
-            text = f.read()
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path) from None
+    text = read_bounded(path, CPUINFO_LIMIT, "a /proc/cpuinfo").decode(errors="replace")
     fields = _first_processor(text)
     missing = [k for k in ("vendor_id", "cpu family", "model") if k not in fields]
     if missing:
         raise InputError(f"not a /proc/cpuinfo: no {', '.join(missing)} line", path)
     vendor_id = fields["vendor_id"]
     info = BY_CPUID.get(vendor_id.strip())
-    try:
-        family, model = int(fields["cpu family"]), int(fields["model"])
-    except ValueError:
-        raise InputError(f"not a /proc/cpuinfo: cpu family {fields['cpu family']!r}, model "
-                         f"{fields['model']!r} are not numbers", path) from None
+    family = _cpuinfo_number(fields, "cpu family", MAX_FAMILY, path)
+    model = _cpuinfo_number(fields, "model", MAX_MODEL, path)
     flags = frozenset(fields.get("flags", "").split()) if "flags" in fields else None
     return Cpu(info.name if info else OTHER, vendor_id, family, model, flags,
                f"--cpuinfo {path}")
+
+
+def _cpuinfo_number(fields: dict[str, str], key: str, limit: int, path: str) -> int:
+    """A decimal field, as the kernel prints it, inside what CPUID can say (0 … ``limit``):
+    the NOP rules cover every family and model a CPU can report, and nothing else."""
+    text = fields[key]
+    if not text.isascii() or not text.isdigit():
+        raise InputError(f"not a /proc/cpuinfo: {key} {text[:40]!r} is not a decimal number",
+                         path)
+    value = int(text[:12])  # past 12 digits it is out of range anyway
+    if value > limit or len(text) > 12:
+        raise InputError(f"not a /proc/cpuinfo: {key} {text[:40]} is outside 0–{limit} "
+                         "(what CPUID can report)", path)
+    return value
 
 
 def _first_processor(text: str) -> dict[str, str]:

@@ -67,6 +67,20 @@ class Output:
             raise UsageError(f"cannot write {self.path}: {e.strerror}") from None
 
 
+def _refuse_unusable_name(path: str, what: str) -> None:
+    """A target the final rename would fail on, found before anything is written: a name
+    ending in a slash (a directory's name), or one the file system refuses (too long, a
+    regular file where a folder should be)."""
+    if path.endswith(os.sep) or os.path.basename(path) in (".", ".."):
+        raise UsageError(f"{what} {path} names a directory, not a file")
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror}") from None
+
+
 def identity(path: str) -> tuple[object, ...]:
     """What makes two paths the same file: device and inode when it exists (so symlinks and
     hard links compare equal), else the path with every symlink resolved."""
@@ -117,6 +131,7 @@ class OutputFiles:
             raise UsageError(f"{what} {path} is a directory")
         if not os.path.isdir(folder):
             raise UsageError(f"{what} {path}: no such directory {folder}")
+        _refuse_unusable_name(path, what)
         try:
             with signals_held():
                 fd, out.tmp = tempfile.mkstemp(prefix=".pvpatch-", suffix=".tmp", dir=folder)
@@ -137,14 +152,21 @@ class OutputFiles:
                                  "give each output its own file")
 
     def commit(self) -> None:
-        """Rename every output into place, in the order they were claimed."""
+        """Rename every output into place, in the order they were claimed. If one rename
+        fails, those already made are removed again: a failed command leaves none of its
+        outputs (their earlier files were replaced already, like ld's)."""
         with signals_held():
+            done: list[Output] = []
             for out in self.outputs:
                 try:
                     os.replace(out.tmp, out.path)
                 except OSError as e:
+                    for made in done:
+                        with contextlib.suppress(OSError):
+                            os.unlink(made.path)
                     raise UsageError(f"cannot write {out.path}: {e.strerror}") from None
                 out.tmp = ""
+                done.append(out)
             self._committed = True
 
     def discard(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pvpatch.checks.model import Finding
 from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import InputError
+from pvpatch.inputs import REPORT_LIMIT, read_bounded
 from pvpatch.kernel.version import release_flavour, release_series
 
 Key = tuple[str, str | None, str, str]
@@ -91,22 +92,64 @@ def _same_kind(old: KernelKind, checked: KernelKind | None) -> None:
 
 
 def _from_report(path: str, checked: KernelKind | None = None) -> Baseline:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"baseline is neither an ELF image nor a JSON report ({e})",
-                         path) from None
+    doc = _read_json(path)
     if not isinstance(doc, dict) or doc.get("schema") != REPORT_SCHEMA:
         got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"baseline report has schema {got!r}, expected {REPORT_SCHEMA!r}",
-                         path)
+        raise InputError(f"baseline report has schema {_short(got)}, expected "
+                         f"{REPORT_SCHEMA!r}", path)
     _same_kind(KernelKind(path, _text(doc.get("machine")), _text(doc.get("kernel"))), checked)
-    try:
-        keys = [key(f["check"], f["backend"], f["function"], f["op"]) for f in doc["findings"]]
-    except (KeyError, TypeError) as e:
-        raise InputError(f"baseline report: a finding lacks {e}", path) from None
+    keys = _finding_keys(doc.get("findings"), path)
     return Baseline(path, "report", frozenset(keys), len(keys))
+
+
+def _read_json(path: str) -> object:
+    """The parsed file. ValueError covers JSONDecodeError and a number of more than 4300
+    digits (Python's int parser refuses it); RecursionError, arrays nested too deep."""
+    data = read_bounded(path, REPORT_LIMIT, "a JSON report")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        why = "nested too deep" if isinstance(e, RecursionError) else str(e)[:160]
+        raise InputError(f"baseline is neither an ELF image nor a JSON report ({why})",
+                         path) from None
+
+
+# the fields a finding is matched by (see key()); backend is null for image-wide checks
+FINDING_KEYS = ("check", "backend", "function", "op")
+
+
+def _finding_keys(findings: object, path: str) -> list[Key]:
+    """The key of every finding, each field checked to be what check writes there."""
+    if not isinstance(findings, list):
+        raise InputError(f"baseline report: findings is {_kind(findings)}, expected a list",
+                         path)
+    keys = []
+    for i, f in enumerate(findings):
+        if not isinstance(f, dict):
+            raise InputError(f"baseline report: finding {i} is {_kind(f)}, expected an object",
+                             path)
+        for name in FINDING_KEYS:
+            if name not in f:
+                raise InputError(f"baseline report: finding {i} lacks {name!r}", path)
+            if not isinstance(f[name], str) and not (name == "backend" and f[name] is None):
+                raise InputError(f"baseline report: finding {i} has {name} {_kind(f[name])}, "
+                                 "expected a string", path)
+        keys.append(key(f["check"], f["backend"], f["function"], f["op"]))
+    return keys
+
+
+def _kind(value: object) -> str:
+    """A JSON value's type in words, for messages."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _text(value: object) -> str | None:

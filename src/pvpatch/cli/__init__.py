@@ -56,7 +56,7 @@ class PvpatchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (InputError, UsageError) as e:
-            click.echo(f"pvpatch: error: {e}", err=True)
+            click.echo(f"pvpatch: error: {one_line(str(e))}", err=True)
             ctx.exit(EXIT_INPUT)
         except KeyboardInterrupt:  # before click turns it into "Aborted!" and status 1
             raise Interrupted(signal.SIGINT) from None
@@ -89,6 +89,15 @@ class PvpatchGroup(click.Group):
         except Interrupted as e:
             return _interrupted(e.signum)
         return rv if isinstance(rv, int) else EXIT_OK
+
+
+def one_line(message: str) -> str:
+    """``message`` with every character that is not printable (a newline or carriage return
+    in a file name or an option's value, an escape sequence) written as its escape: the
+    error is one line, whatever the user's input held."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _usage_line(e: click.ClickException) -> str:

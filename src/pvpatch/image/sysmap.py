@@ -10,6 +10,7 @@ from __future__ import annotations
 from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
 from pvpatch.image.symbols import SymbolTable
+from pvpatch.inputs import SYSTEM_MAP_LIMIT, read_bounded
 
 MIN_MATCHING = 0.9  # share of the map's text symbols that must land in the image's code
 
@@ -30,7 +31,12 @@ ANCHORS = ("_text", "_stext", "_etext", "linux_banner", "pv_ops",
 BANNER = b"Linux version "
 
 
-def parse_system_map(text: str, path: str) -> list[tuple[str, int, str]]:
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def parse_system_map(text: str, path: str, bits: int = 64) -> list[tuple[str, int, str]]:
+    """(name, address, type letter) of every symbol; ``bits``: the image's address width,
+    which every address must fit (nm writes them as plain hex digits, nothing else)."""
     entries = []
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
@@ -44,10 +50,7 @@ def parse_system_map(text: str, path: str) -> list[tuple[str, int, str]]:
                 continue  # a module's symbol in /proc/kallsyms
             raise InputError(f"line {lineno} is not `address type name`: {line.strip()!r}",
                              path)
-        try:
-            addr = int(parts[0], 16)
-        except ValueError:
-            raise InputError(f"line {lineno}: {parts[0]!r} is not a hex address", path) from None
+        addr = _address(parts[0], bits, lineno, path)
         if parts[1] in "Uw" and addr == 0:
             continue  # undefined
         entries.append((parts[2], addr, parts[1]))
@@ -56,14 +59,22 @@ def parse_system_map(text: str, path: str) -> list[tuple[str, int, str]]:
     return entries
 
 
+def _address(text: str, bits: int, lineno: int, path: str) -> int:
+    """The address of line ``lineno``: hex digits only (int() would also take a sign, a 0x
+    and underscores, and a negative or over-wide address cannot be stored in a symbol)."""
+    if not text or not HEX_DIGITS.issuperset(text):
+        raise InputError(f"line {lineno}: {text[:40]!r} is not a hex address", path)
+    addr = int(text, 16)
+    if addr >> bits:
+        raise InputError(f"line {lineno}: address {text[:40]} does not fit a {bits}-bit "
+                         "image (a System.map of another architecture?)", path)
+    return addr
+
+
 def load_system_map(path: str, image: ElfImage) -> SymbolTable:
     """The symbols of ``path`` for ``image``; InputError when they do not fit its sections."""
-    try:
-        with open(path, encoding="latin-1") as f:
-            text = f.read()
-    except OSError as e:
-        raise InputError(f"cannot open: {e.strerror}", path) from None
-    entries = parse_system_map(text, path)
+    text = read_bounded(path, SYSTEM_MAP_LIMIT, "a System.map").decode("latin-1")
+    entries = parse_system_map(text, path, image.bits)
     why = anchor_mismatch(image, {n: a for n, a, _t in entries if n in ANCHORS})
     if why is not None:
         raise InputError(f"does not match {image.path}: {why} (a System.map of another "

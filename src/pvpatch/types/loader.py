@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
+from pvpatch.inputs import BTF_LIMIT, read_bounded
 from pvpatch.types.btf import BtfTypes
 from pvpatch.types.model import TypeSource
 
@@ -42,11 +42,7 @@ def load_types(image: ElfImage, btf_path: str | None = None) -> TypeSource | Non
 
 def load_btf_file(path: str, ptr_size: int = 8) -> BtfTypes:
     """Raw BTF from a file; InputError when it cannot be read or is not BTF."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise InputError(f"cannot open: {e.strerror}", path) from None
+    data = read_bounded(path, BTF_LIMIT, "a BTF file")
     return BtfTypes(data, path, ptr_size=ptr_size)  # checks the header and type section
 
 
