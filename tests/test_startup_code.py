@@ -165,3 +165,25 @@ def test_a_function_whose_first_byte_does_not_decode_is_a_problem_not_a_crash(tm
         effects = StoreReader(m.image).function("xen_init_irq_ops")
     assert effects.events == []
     assert any("cannot decode" in p for p in effects.problems), effects.problems
+
+
+def test_a_table_whose_btf_size_is_gigabytes_is_watched_at_its_slots_extent(tmp_path):
+    """Found by the fuzzer: a BTF struct size of ~1.2 GB made the start-up walk allocate
+    (and scan) that much memory for pv_ops; the image holds ~100 bytes there."""
+    path = tmp_path / "vmlinux"
+    path.write_bytes(Path(build(XEN_CODE=1)).read_bytes())
+    with KernelModel.open(str(path)) as m:
+        btf, sec = m.types, m.image.section(".BTF")
+        (tid,) = btf._ids_named(m.pvops.container.template_type)
+        hdr_len = int.from_bytes(m.image.section_data(sec)[4:8], "little")
+        type_off = int.from_bytes(m.image.section_data(sec)[8:12], "little")
+        at = sec.offset + hdr_len + type_off + 4 * (btf._offs[tid] + 2)
+        honest = m.pvops.main_size
+    data = bytearray(path.read_bytes())
+    assert int.from_bytes(data[at:at + 4], "little") == honest  # the struct's size word
+    data[at:at + 4] = (0x4CBFB450).to_bytes(4, "little")
+    path.write_bytes(data)
+    with KernelModel.open(str(path)) as m:
+        assert m.pvops.main_size == honest
+    r = run("apply", str(path), "--backend", "xen", "-o", str(tmp_path / "out"))
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr

@@ -345,6 +345,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              _image("check", "{in}", "--baseline", "{other}", "--format", "junit", "-o",
                     "{out}")),
     Scenario("extract", "extract", _image("extract", "{in}", "-o", "{out}")),
+    # the mutant as memory of the intact image: an ELF core when the mutator made one, else raw
+    # bytes from 0x400000 (where ld puts an x86-64 fixture's first segment)
+    Scenario("verify IMAGE mutant", "verify", _image("verify", "{other}", "{in}")),
+    Scenario("verify --raw-start", "verify",
+             _image("verify", "{other}", "{in}", "--raw-start", "0x400000", "--json")),
     Scenario("start-up code", "apply/inspect/check", _startup, lambda s: bool(s.functions)),
     Scenario("kallsyms tables", "every command", _kallsyms, lambda s: bool(s.kallsyms)),
     Scenario("check --baseline REPORT", "check", _baseline_report, lambda s: bool(s.report)),

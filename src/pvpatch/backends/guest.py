@@ -27,9 +27,8 @@ from pvpatch.backends.xen_rules import Range, Version
 from pvpatch.errors import InputError
 from pvpatch.kernel.era import version_key
 from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.pvops import SPLIT_MEMBERS
 from pvpatch.kernel.sites import describe_targets
-from pvpatch.kernel.startup import Region, StartupResult, Step, run_startup
+from pvpatch.kernel.startup import StartupResult, Step, pv_regions, run_startup
 from pvpatch.kernel.stores import StoreReader
 
 
@@ -57,27 +56,6 @@ class GuestRules:
     steps: tuple[Step, ...]
     conditions: tuple[Condition, ...]
     bits: tuple[int, ...] = ()  # the ELF classes the guest exists for (empty: both)
-
-
-def regions(model: KernelModel) -> list[Region]:
-    """The pv-op tables and the pv static-call keys, as the memory start-up code writes."""
-    pvops = model.pvops
-    out = []
-    if pvops.container is not None and pvops.container.storage == "per-member":
-        for name in SPLIT_MEMBERS:  # 2.6.24–4.19: one global per op struct
-            sym = model.image.symbols.get(name)
-            if sym is not None and sym.size:
-                out.append(Region(name, sym.value, sym.size))
-    if pvops.base is not None:
-        size = pvops.layout.size if pvops.layout is not None else \
-            (max((s.offset for s in pvops.slots.values() if s.table == "pv_ops"), default=-1)
-             + model.image.ptr_size)
-        out.append(Region("pv_ops", pvops.base, size))
-    for name, address, size, _layout in pvops.extra_tables:
-        out.append(Region(name, address, size))
-    for key in model.static_calls.keys.values():
-        out.append(Region(f"__SCK__{key.name}", key.address, model.image.ptr_size, True))
-    return out
 
 
 def version_of(model: KernelModel) -> Version | None:
@@ -119,7 +97,7 @@ def resolve(model: KernelModel, rules: GuestRules, options: GuestOptions, vcpus:
         raise InputError(why, model.image.path)
     version = version_of(model) or rules.last_read
     values, said = evaluate(rules, options, vcpus, version)
-    result = run_startup(StoreReader(model.image), rules.steps, regions(model), values)
+    result = run_startup(StoreReader(model.image), rules.steps, pv_regions(model), values)
     label = rules.title
     slots = _slots(model, result, label)
     desc = f"{description}; start-up code read from the image ({', '.join(result.ran)}); " \

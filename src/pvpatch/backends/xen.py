@@ -31,7 +31,7 @@ from pvpatch.errors import InputError
 from pvpatch.kernel.era import LEGACY_ERAS, era_version, version_key
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import describe_targets
-from pvpatch.kernel.startup import Region, StartupResult, run_startup
+from pvpatch.kernel.startup import StartupResult, pv_regions, run_startup
 
 KNOWN_PATCHERS = ("xen_patch", "paravirt_patch_default", "native_patch")
 
@@ -208,26 +208,10 @@ def _apply_unknown(model: KernelModel, slots: dict[int, Resolution], rules: XenR
 
 # -- 4.20+: read from the start-up code --------------------------------------------------------
 
-def _regions(model: KernelModel) -> list[Region]:
-    """The pv-op tables and the Xen-retargeted static-call keys, as watched memory."""
-    pvops = model.pvops
-    out = []
-    if pvops.base is not None:
-        size = pvops.layout.size if pvops.layout is not None else \
-            (max((s.offset for s in pvops.slots.values() if s.table == "pv_ops"), default=-1)
-             + model.image.ptr_size)
-        out.append(Region("pv_ops", pvops.base, size))
-    for name, address, size, _layout in pvops.extra_tables:
-        out.append(Region(name, address, size))
-    for key in model.static_calls.keys.values():
-        out.append(Region(f"__SCK__{key.name}", key.address, model.image.ptr_size, True))
-    return out
-
-
 def startup(model: KernelModel, vcpus: int) -> StartupResult:
     """What the Xen start-up functions leave in the pv tables and static-call keys (the
     model's decoder is shared, so the second vCPU count decodes nothing again)."""
-    return run_startup(model.stores, XEN_STARTUP.steps, _regions(model), {"vcpus>1": vcpus > 1})
+    return run_startup(model.stores, XEN_STARTUP.steps, pv_regions(model), {"vcpus>1": vcpus > 1})
 
 
 def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | None

@@ -144,6 +144,20 @@ class PvOps:
         return self.image.symbols.address(self.container.symbol)
 
     @property
+    def main_size(self) -> int | None:
+        """Bytes of the single table at :attr:`base`: its layout's size when the image holds
+        that many bytes there (damaged type info may claim gigabytes), else the extent of
+        its slots."""
+        if self.base is None:
+            return None
+        size = self.layout.size if self.layout is not None else 0
+        if not size or size > MAX_SLOTS * self.ptr or \
+                self.image.section_at(self.base, size) is None:
+            size = max((s.offset for s in self.slots.values() if s.table == "pv_ops"),
+                       default=-1) + self.ptr
+        return size
+
+    @property
     def base_origin(self) -> str | None:
         """Where :attr:`base` comes from, for reports."""
         if self.base is None:

@@ -16,8 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from pvpatch.kernel.pvops import SPLIT_MEMBERS
 from pvpatch.kernel.stores import Call, Effects, Store, StoreReader
+
+if TYPE_CHECKING:
+    from pvpatch.kernel.model import KernelModel
 
 
 @dataclass(frozen=True)
@@ -223,3 +228,23 @@ class _GuardValues:
         if not self.values or store.value is None or store.size != self.ptr:
             return None
         return self.values.get(bytes(store.value))
+
+
+def pv_regions(model: KernelModel) -> list[Region]:
+    """The memory a backend's start-up code writes: the pv-op tables (one global per op
+    struct 2.6.24–4.19, else ``pv_ops`` and the ``pv_ops_*`` tables beside it) and the pv
+    static-call keys. A table is watched only where the image holds its bytes."""
+    pvops, image = model.pvops, model.image
+    out = []
+    if pvops.container is not None and pvops.container.storage == "per-member":
+        for name in SPLIT_MEMBERS:
+            sym = image.symbols.get(name)
+            if sym is not None and sym.size and image.section_at(sym.value, sym.size):
+                out.append(Region(name, sym.value, sym.size))
+    if pvops.base is not None and pvops.main_size:
+        out.append(Region("pv_ops", pvops.base, pvops.main_size))
+    for name, address, size, _layout in pvops.extra_tables:
+        out.append(Region(name, address, size))
+    for key in model.static_calls.keys.values():
+        out.append(Region(f"__SCK__{key.name}", key.address, image.ptr_size, True))
+    return out
