@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 
 from pvpatch.disasm import _capstone, _decoder
 from pvpatch.image.elf import ElfImage
@@ -285,11 +285,19 @@ class StoreReader:
         """GCC moves a function's unlikely paths to ``name.cold``, reached only by jumps
         from the function (``if (!(hints & RECOMMENDED)) return; pv_ops.mmu.x = …`` puts
         the stores there): it is decoded as part of the function."""
+        if f"{name}.cold" not in self._cold_names:
+            return []
         cold = self.image.symbols.get(f"{name}.cold")
         if cold is None or not cold.size:
             return []
         code = self.image.try_read(cold.value, min(cold.size, MAX_FUNCTION))
         return [] if code is None else [(cold.value, code, cold.name)]
+
+    @cached_property
+    def _cold_names(self) -> frozenset[str]:
+        """Every ``*.cold`` symbol name, from one pass over the string table (a lookup by
+        name costs a search of it: ~1 ms each, for every function decoded)."""
+        return frozenset(self.image.symbols.names_ending(".cold"))
 
     def _op(self, i: object, ranges: list[tuple[int, int]]) -> Op:
         """Reduce one capstone instruction (see :class:`Op`)."""
