@@ -1,13 +1,15 @@
-"""fork_map: results in order, errors from a worker raised in the caller, serial fallback."""
+"""fork_map and Stream: results in order, errors from a worker raised in the caller, serial
+fallback; a closed stream leaves the rest uncomputed."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
 from pvpatch.errors import InputError
-from pvpatch.parallel import fork_map
+from pvpatch.parallel import Stream, fork_map
 
 
 def test_results_in_order_and_computed_in_other_processes():
@@ -61,3 +63,38 @@ def test_parent_error_reaps_the_workers():
         fork_map(work, [0, 1, 2])
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # no child left behind
+
+
+def test_a_stream_gives_each_result_as_it_is_ready_and_close_stops_the_rest(tmp_path):
+    parent = os.getpid()
+    marker = tmp_path / "finished"
+
+    def slow() -> int:
+        time.sleep(5)
+        marker.write_text("x")
+        return 2
+
+    started = time.monotonic()
+    with Stream([lambda: os.getpid() != parent, slow]) as results:
+        assert next(results) is True  # computed in the worker, sent before `slow` runs
+    assert time.monotonic() - started < 4  # closing did not wait for `slow`
+    time.sleep(0.2)
+    assert not marker.exists()
+
+
+def test_a_stream_without_fork_computes_only_what_is_asked_for(monkeypatch):
+    monkeypatch.setenv("PVPATCH_JOBS", "1")
+    ran: list[int] = []
+    with Stream([lambda: ran.append(1) or 1, lambda: ran.append(2) or 2]) as results:
+        assert next(results) == 1
+    assert ran == [1]
+
+
+def test_a_stream_raises_the_workers_error_and_then_ends():
+    def boom() -> int:
+        raise InputError("start-up code is unreadable", "vmlinux")
+
+    with Stream([lambda: 1, boom, lambda: 3]) as results:
+        assert next(results) == 1
+        with pytest.raises(InputError, match="start-up code is unreadable"):
+            next(results)

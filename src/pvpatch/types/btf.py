@@ -143,25 +143,33 @@ class BtfTypes:
         """One pass over the type section: word index and name offset of every type id.
 
         Id 0 is ``void`` and has no record; placeholders keep list index == type id. The loop
-        runs ~130k times on a distribution kernel, so it does no checks: unknown kinds jump far
-        past the end, and any mismatch is diagnosed afterwards by :meth:`_diagnose`.
+        runs ~130k times on a distribution kernel, so it does no checks and computes a
+        record's length once per distinct info word (a few thousand of them): unknown kinds
+        jump far past the end, and any mismatch is diagnosed afterwards by :meth:`_diagnose`.
         """
         w, end = self._words, len(self._words)
         step, per_vlen = _STEP, _PER_VLEN
+        length: dict[int, int] = {}  # info word -> record length in words
         offs = [0]
         append = offs.append
         i = 0
         try:
-            while i < end:
-                info = w[i + 1]
-                kind = (info >> 24) & 0x1F
+            while True:  # ends at the IndexError of reading past the last record
                 append(i)
-                i += step[kind] + per_vlen[kind] * (info & 0xFFFF)
+                info = w[i + 1]
+                try:
+                    i += length[info]
+                except KeyError:
+                    kind = (info >> 24) & 0x1F
+                    length[info] = n = step[kind] + per_vlen[kind] * (info & 0xFFFF)
+                    i += n
         except IndexError:
-            i = end + 1
+            offs.pop()  # the position past the end (or inside the last, truncated record)
         if i != end:
             self._diagnose()
-        return offs, [0, *(w[j] for j in offs[1:])]
+        names = list(map(w.__getitem__, offs))
+        names[0] = 0
+        return offs, names
 
     def _diagnose(self) -> None:
         """Walk the type section again, checking each record, to say what is wrong."""

@@ -16,7 +16,7 @@ from pvpatch.cpu import Cpu
 from pvpatch.image.memory import MemoryImage
 from pvpatch.kernel.model import KernelModel
 from pvpatch.kernel.sites import site_bytes
-from pvpatch.parallel import fork_map
+from pvpatch.parallel import Stream, fork_map
 from pvpatch.verify.compare import Verification, build_places, compare, read_found
 from pvpatch.verify.configs import Config, Expected, Places, configurations, expect, places
 from pvpatch.verify.place import Placement, check_text, place, text_relocations
@@ -39,7 +39,8 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
     explicit = backend is not None
     first = [c for c in configs if explicit or c.backend in FIRST]
     later = [c for c in configs if c not in first]
-    placement, expected = _plan_with_placing(model, memory, text, first, where, explicit)
+    placement, expected, untried = _plan_with_placing(model, memory, text, first, where,
+                                                      explicit)
     slide = placement.slide
     notes = list(placement.notes)
     pl, found = _found(model, where, placement, expected, notes)
@@ -52,8 +53,10 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
             outcomes = [compare(pl, found, e, slide) for e in expected if not e.skipped]
         else:
             outcomes += [compare(pl, found, e, slide) for e in more if not e.skipped]
-    elif later:
-        notes.append(f"{', '.join(sorted({c.backend for c in later}))} not tried: "
+    else:
+        untried += later
+    if untried:
+        notes.append(f"{', '.join(sorted({c.backend for c in untried}))} not tried: "
                      f"{next(o for o in outcomes if o.every_place).expected.config.name} "
                      "matches every place")
     skipped += [(e.config.name, e.skipped) for e in expected if e.skipped]
@@ -64,18 +67,28 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
 
 def _plan_with_placing(model: KernelModel, memory: MemoryImage, text: bool,
                        configs: list[Config], where: Places, explicit: bool
-                       ) -> tuple[Placement, list[Expected]]:
-    """Place the kernel in this process (planning native here too) while the other
-    backends' groups are planned in workers."""
-    native, *others = _groups(configs)  # native first: it is planned here, after placing
+                       ) -> tuple[Placement, list[Expected], list[Config]]:
+    """Place the kernel in this process while a worker plans each backend's group, native's
+    first; once native's plans are in and one matches every place, the others are not
+    waited for (a Xen plan reads the start-up code and costs most): they are returned as
+    untried."""
+    groups = [g for g in _groups(configs) if g]
+    with Stream([_planner(model, g, where, explicit) for g in groups]) as plans:
+        placement = _place(model, memory, text)
+        expected: list[Expected] = []
+        for k, group in enumerate(groups):
+            expected += next(plans)
+            if group[0].backend == "native" and k + 1 < len(groups) and \
+                    _matches_everywhere(model, where, placement, expected):
+                return placement, expected, [c for g in groups[k + 1:] for c in g]
+    return placement, _in_order(configs, expected), []
 
-    def here() -> tuple[Placement, list[Expected]]:
-        return _place(model, memory, text), _planner(model, native, where, explicit)()
 
-    results = fork_map(lambda job: job(),
-                       [here, *(_planner(model, g, where, explicit) for g in others)])
-    placement, mine = results[0]  # type: ignore[misc]
-    return placement, _in_order(configs, [*mine, *(e for g in results[1:] for e in g)])
+def _matches_everywhere(model: KernelModel, where: Places, placement: Placement,
+                        expected: list[Expected]) -> bool:
+    pl, found = _found(model, where, placement, expected, [])
+    return any(compare(pl, found, e, placement.slide).every_place
+               for e in expected if not e.skipped)
 
 
 def _plan(model: KernelModel, configs: list[Config], where: Places, explicit: bool
