@@ -123,12 +123,12 @@ def cli() -> None:
 
     \b
     Typical use:
-      pvpatch inspect vmlinux                 what pv sites the kernel has, per op
+      pvpatch inspect vmlinux                   what pv sites the kernel has, per op
       pvpatch inspect vmlinux --sites --op irq.save_fl
-      pvpatch notes vmlinux --check           would Xen's domain builder load it?
+      pvpatch notes vmlinux --check             would Xen's domain builder load it?
       pvpatch apply vmlinux -o out --backend xen   the kernel as a Xen PV guest patches it
-      pvpatch diff vmlinux out                what changed at each site, classified
-      sudo pvpatch verify vmlinux /proc/kcore does the running kernel hold what it should?
+      pvpatch diff vmlinux out                  what changed at each site, classified
+      sudo pvpatch verify vmlinux /proc/kcore   does the running kernel hold what it should?
 
     Every command takes --json for machine-readable output (schemas in docs/).
     Exit status: 0 fine, 1 a check failed, 2 bad usage or unreadable input,

@@ -71,6 +71,7 @@ def check(vmlinux: str, backends: str | None, vcpus: int, fmt: str, as_json: boo
     Examples:
       pvpatch check vmlinux
       pvpatch check vmlinux --backend xen --vcpus 1 --fail-on warning
+                                        warnings fail too: exits 1 on Debian 6.1 (NULL Xen slots)
       pvpatch check vmlinux-5.10 --cpu intel:6:94       pre-5.13: plan for that boot CPU
       pvpatch check vmlinux --format junit -o pvpatch-junit.xml
       pvpatch check vmlinux --json -o old.json; pvpatch check new/vmlinux --baseline old.json

@@ -48,7 +48,7 @@ def notes(vmlinux: str, check: bool, system_map: str | None, as_json: bool) -> N
       pvpatch notes vmlinux
       pvpatch notes vmlinux --check
       pvpatch notes vmlinux --json | jq '.notes[] | select(.name == "XEN_ELFNOTE_FEATURES")'
-      pvpatch notes vmlinux --check --json | jq '.verdicts[] | {label, loads, failed}'
+      pvpatch notes vmlinux --check --json | jq '.verdicts[] | {label: .label, loads, failed}'
     """
     with open_image(vmlinux, system_map=system_map, progress=say_progress()) as image:
         keep_until_exit(image)
