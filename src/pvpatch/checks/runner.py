@@ -10,8 +10,8 @@ finding instead of one per site; the families that read sites are skipped, the X
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from pvpatch.backends import (
@@ -28,7 +28,7 @@ from pvpatch.checks.model import Finding, finding, load_registry
 from pvpatch.cpu import DEFAULT, Cpu
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
-from pvpatch.parallel import fork_map
+from pvpatch.parallel import Stream
 from pvpatch.patch.boot_nops import NopChoice
 from pvpatch.patch.plan import ERA_5_13_TO_6_7, nop_choice, plan
 from pvpatch.patch.recognise import Recognition, recognise
@@ -112,16 +112,10 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     recognised = recognise(model)
     if recognised is not None:
         return _patched_run(model, run, names, recognised)
-    # (rank in the report, unit): the image-wide checks, each backend, the Xen notes
-    jobs: list[list[tuple[int, Unit]]] = [[(1 + i, _backend_unit(ctx, name, vcpus, explicit, nops,
-                                                         options))]
-                                          for i, name in enumerate(names)]
-    jobs[0].insert(0, (0, lambda: _image_part(ctx)))
-    if "xen" in names:  # the notes matter to PVH-only kernels too, so not tied to the backend
-        jobs[0].append((1 + len(names), lambda: _xen_part(model)))
-    _ = model.sites, model.static_calls  # what every job reads, built once before the fork
+    _ = model.sites, model.static_calls  # what every process reads, built once before forking
     model.image.symbols.index_code()
-    for part in _run_jobs(jobs):
+    parts = _run_parts(ctx, names, vcpus, explicit, nops, options)
+    for part in parts:
         run.suites += part.suites
         run.findings += part.findings
         run.checked.update(part.checked)
@@ -131,36 +125,47 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     return run
 
 
-def _run_jobs(jobs: list[list[tuple[int, Unit]]]) -> list[Part]:
+def _run_parts(ctx: Context, names: tuple[str, ...], vcpus: int, explicit: bool,
+               nops: NopChoice, options: GuestOptions | None) -> list[Part]:
     """Every unit's part, in report order.
 
-    A job is one backend with the units that ride along. Each backend plans the whole boot
-    on its own (the costly part), so the jobs run in parallel (parallel.fork_map), sharing
-    nothing but the read-only model. Xen's plan is the longest (dozens of symbol lookups,
-    its functions' clobber analysis), so the cheap image-wide units and the Xen notes ride
-    with the first backend, in this process.
+    Resolving a backend is the costly step (Xen's reads its start-up code: dozens of
+    functions decoded), and needs nothing but the read-only model, so each backend after
+    the first is resolved in a worker while this process runs the image-wide checks, the
+    Xen notes and the first backend; each resolved backend (plain data) is then planned
+    here, the plan being cheap once the sites are read.
     """
-    here = os.getpid()
+    model = ctx.model
+    with ExitStack() as stack:  # leaving stops a worker still running (after an error here)
+        workers = [stack.enter_context(Stream([_resolver(model, name, vcpus, explicit,
+                                                          options)]))
+                   for name in names[1:]]
+        parts = [_image_part(ctx), _backend_run(ctx, _resolver(model, names[0], vcpus,
+                                                               explicit, options)(), nops)]
+        if "xen" in names:  # the notes matter to PVH-only kernels too, not tied to the backend
+            xen_notes = _xen_part(model)
+        load_registry()  # the report needs it: built while the workers finish
+        parts += [_backend_run(ctx, next(w), nops) for w in workers]
+    if "xen" in names:
+        parts.append(xen_notes)
+    return parts
 
-    def run_job(job: list[tuple[int, Unit]]) -> list[tuple[int, Part]]:
-        parts = [(rank, unit()) for rank, unit in job]
-        if os.getpid() == here:  # the report needs the registry: build it while workers finish
-            load_registry()
-        return parts
 
-    done = fork_map(run_job, jobs)
-    return [part for _rank, part in sorted((pair for parts in done for pair in parts),
-                                           key=lambda pair: pair[0])]
+def _resolver(model: KernelModel, name: str, vcpus: int, explicit: bool,
+              options: GuestOptions | None) -> Callable[[], Backend | str]:
+    """The backend as the image sets it, or why the image cannot have it (only when the
+    backend was not asked for by name: an asked-for one fails loudly)."""
+    def resolve() -> Backend | str:
+        why = None if explicit else _unusable(model, name)
+        return f"{name} backend skipped: {why}" if why is not None else \
+            load_backend(model, name, vcpus, options)
+    return resolve
 
 
-def _backend_unit(ctx: Context, name: str, vcpus: int, explicit: bool,
-                  nops: NopChoice, options: GuestOptions | None = None) -> Unit:
-    def unit() -> Part:
-        why = None if explicit else _unusable(ctx.model, name)
-        if why is not None:
-            return Part([], [], notes=[f"{name} backend skipped: {why}"])
-        return _backend_part(ctx, load_backend(ctx.model, name, vcpus, options), nops)
-    return unit
+def _backend_run(ctx: Context, backend: Backend | str, nops: NopChoice) -> Part:
+    if isinstance(backend, str):
+        return Part([], [], notes=[backend])
+    return _backend_part(ctx, backend, nops)
 
 
 def _unusable(model: KernelModel, name: str) -> str | None:

@@ -364,18 +364,12 @@ class SymbolTable:
         return self._at_cache[addr]
 
     def _scan_code_at(self, addr: int) -> Symbol | None:
-        c, best, pos = self._columns, None, 0
-        values = c["value"]
-        while True:
-            try:
-                pos = values.index(addr, pos)
-            except ValueError:
-                break
+        c, best = self._columns, None
+        for pos in self._rows_between(addr, addr):
             code_type = (c["info"][pos] & 0xF) in (L.STT_FUNC, L.STT_NOTYPE)
             if code_type and c["name"][pos] and c["shndx"][pos] in self._exec and \
                     (best is None or self._rank(pos) > self._rank(best)):
                 best = pos
-            pos += 1
         return None if best is None else self._symbol(best)
 
     def names_at(self, addrs: set[int]) -> dict[int, str]:
@@ -439,10 +433,29 @@ class SymbolTable:
         one C-level pass: a sorted index of every data symbol cost ~30 ms to build, and a
         scan of all of them as much, for the one or two descriptions a Xen plan asks for. An
         object larger than the window is not named (the address is described as it is)."""
-        c = self._columns
-        near = range(max(0, addr - self.HOLDER_WINDOW), addr + 1)
-        return self._best_holder(addr, compress(range(len(c["value"])),
-                                                map(near.__contains__, c["value"])))
+        return self._best_holder(addr, self._rows_between(max(0, addr - self.HOLDER_WINDOW),
+                                                          addr))
+
+    def _rows_between(self, lo: int, hi: int) -> list[int]:
+        """Records whose value is in ``lo..hi`` (a span of a few 64 KiB blocks), in table
+        order: a C-speed search of a packed column of the values' bits 16–31 for each
+        block's, each hit then compared in full (comparing ~130k big integers in Python
+        took ~12 ms an address)."""
+        col, values, found = self._value_bits_16_31, self._columns["value"], set()
+        for block in range(lo >> 16, (hi >> 16) + 1):
+            needle = (block & 0xFFFF).to_bytes(2, "little")
+            pos = col.find(needle)
+            while pos >= 0:
+                if pos % 2 == 0 and lo <= values[pos // 2] <= hi:
+                    found.add(pos // 2)
+                pos = col.find(needle, pos + 1)
+        return sorted(found)
+
+    @cached_property
+    def _value_bits_16_31(self) -> bytes:
+        """Bits 16–31 of every record's st_value, as packed little-endian halfwords."""
+        halves = memoryview(self._raw).cast("H")
+        return (halves[5::12] if self._entsize == 24 else halves[3::8]).tobytes()
 
     def _best_holder(self, addr: int, rows: Iterable[int]) -> int | None:
         c, best = self._columns, None
@@ -459,15 +472,9 @@ class SymbolTable:
         sym = self.at(addr)
         if sym is not None:
             return sym.name
-        values, pos = self._columns["value"], 0
-        while True:
-            try:
-                pos = values.index(addr, pos)
-            except ValueError:
-                return None
-            if self._columns["name"][pos] and self._defined(pos):
-                return self._symbol(pos).name
-            pos += 1
+        names = self._columns["name"]
+        return next((self._symbol(i).name for i in self._rows_between(addr, addr)
+                     if names[i] and self._defined(i)), None)
 
 
 def _sizes_to_next(addrs: Sequence[int], end: int) -> array:
