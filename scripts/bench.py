@@ -9,6 +9,7 @@ ratio to the reference. Usage: ``scripts/bench.py VMLINUX [--runs N]``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -74,19 +75,58 @@ CACHE = Path(os.environ.get("PVPATCH_CACHE", Path.home() / ".cache" / "pvpatch")
 
 
 def extract_vmlinux(scratch: str) -> str | None:
-    """The kernel's own scripts/extract-vmlinux, from the cached Debian source tarball."""
+    """The kernel's own scripts/extract-vmlinux: kept in the cache once taken from a Debian
+    linux-source package (an unpacked tree, its tarball, or the .deb, downloaded with the
+    machine's apt sources when none is there; the package is dropped afterwards)."""
     src = CACHE / "src"
+    kept = src / "extract-vmlinux"
+    if kept.is_file():
+        return str(kept)
     for tree in sorted(src.glob("linux-source-*")):
         script = tree / "scripts" / "extract-vmlinux"
         if script.is_file():
             return str(script)
-    for tar in sorted(src.glob("usr/src/linux-source-*.tar.xz")):
-        member = f"{tar.name[:-len('.tar.xz')]}/scripts/extract-vmlinux"
-        done = subprocess.run(["tar", "-xJf", str(tar), "-C", scratch, member],
-                              capture_output=True)
-        if done.returncode == 0:
-            return os.path.join(scratch, member)
+    tars = sorted(src.glob("usr/src/linux-source-*.tar.xz"))
+    debs = sorted(src.glob("linux-source-*.deb")) or _download_source(src)
+    for archive in [*tars, *debs]:
+        text = _script_from(archive)
+        if text:
+            kept.write_bytes(text)
+            for deb in debs:
+                deb.unlink()
+            return str(kept)
     return None
+
+
+def _download_source(src: Path) -> list[Path]:
+    """The newest linux-source-X.Y the machine's apt sources have (~150 MB), or nothing."""
+    listed = subprocess.run(["apt-cache", "pkgnames", "linux-source-"], capture_output=True,
+                            text=True).stdout.split()
+    names = [n for n in listed if n[len("linux-source-"):].replace(".", "").isdigit()]
+    if not names:
+        return []
+    name = max(names, key=lambda n: [int(x) for x in n[len("linux-source-"):].split(".")])
+    src.mkdir(parents=True, exist_ok=True)
+    print(f"bench: downloading {name} for its scripts/extract-vmlinux (kept, the rest dropped)")
+    subprocess.run(["apt-get", "download", name], cwd=src, capture_output=True)
+    return sorted(src.glob(f"{name}_*.deb"))
+
+
+def _script_from(archive: Path) -> bytes | None:
+    """scripts/extract-vmlinux out of a linux-source tarball, or of the .deb holding one.
+
+    A shell pipeline does the unpacking: had this process held the 150 MB tarball, every
+    command measured after it would report this process's peak RSS (ru_maxrss survives the
+    fork and exec that start it)."""
+    script = ('set -e; member="$(basename "$1" .tar.xz)/scripts/extract-vmlinux"; '
+              'tar -xJOf "$1" "$member"')
+    if archive.suffix == ".deb":
+        script = ('set -e; tarball="$(dpkg-deb --fsys-tarfile "$1" | tar -t | grep '
+                  '\'\\.tar\\.xz$\' | head -n1)"; member="$(basename "$tarball" .tar.xz)/'
+                  'scripts/extract-vmlinux"; dpkg-deb --fsys-tarfile "$1" | tar -xO "$tarball" '
+                  '| tar -xJO "$member"')
+    out = subprocess.run(["sh", "-c", script, "sh", str(archive)], capture_output=True)
+    return out.stdout if out.returncode == 0 and out.stdout else None
 
 
 def vmlinuz_pair(vmlinux: str, scratch: str) -> Pair | None:
@@ -137,6 +177,9 @@ def main() -> int:
     args = ap.parse_args()
     if shutil.which("readelf") is None:
         sys.exit("bench: readelf (binutils) is needed as the reference tool")
+    # bytecode written now: where PYTHONDONTWRITEBYTECODE is set, every timed run would
+    # otherwise compile each module edited since the last install
+    compileall.compile_dir(str(Path(__file__).resolve().parents[1] / "src"), quiet=1)
     size_mb = os.path.getsize(args.vmlinux) / 2**20
     print(f"bench: {args.vmlinux} ({size_mb:.0f} MB), {args.runs} runs each, median shown")
     scratch = tempfile.mkdtemp(prefix="pvpatch-bench-",
