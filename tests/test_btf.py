@@ -270,3 +270,12 @@ def test_real_kernel_btf_layouts():
         alt = t.struct("alt_instr")
         assert alt is not None and alt.size == 12
     assert elapsed < 1.0, f"BTF lookup took {elapsed:.2f}s"
+
+
+def test_an_empty_type_section_has_no_types_and_is_no_crash():
+    """Found by the fuzzer: type_len 0 (and the string section at offset 0) left no record
+    for the index's placeholder to read."""
+    good = kernel_like()
+    btf = BtfTypes(good.blob(type_len=0, str_off=0), "vmlinux")
+    assert btf.count == 0
+    assert btf.struct("paravirt_patch_template") is None

@@ -167,9 +167,7 @@ class BtfTypes:
             offs.pop()  # the position past the end (or inside the last, truncated record)
         if i != end:
             self._diagnose()
-        names = list(map(w.__getitem__, offs))
-        names[0] = 0
-        return offs, names
+        return offs, [0, *map(w.__getitem__, offs[1:])]  # (an empty section: no records)
 
     def _diagnose(self) -> None:
         """Walk the type section again, checking each record, to say what is wrong."""
