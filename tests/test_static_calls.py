@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import assemble
@@ -240,3 +241,22 @@ def test_check_reports_bad_records_and_unresolved_keys():
     assert len(unresolved) == 5  # the xen backend fills none yet: a warning per key
     assert {f["severity"] for f in unresolved} == {"warning"}
     assert run("apply", build(SC_BAD_SITE=1), "--dry-run", "--check").returncode == 1
+
+
+def test_a_tail_call_site_of_0f_but_no_jcc_is_a_problem_not_a_crash(tmp_path):
+    """Found by the fuzzer: 0f not followed by 8x starts no Jcc.d32, so the site branches
+    nowhere; __static_call_validate() would refuse it as it refuses any other bytes."""
+    path = tmp_path / "vmlinux"
+    path.write_bytes(Path(build()).read_bytes())
+    with KernelModel.open(str(path)) as m:
+        jcc = next(s for s in m.static_calls.sites if s.tail and s.code[:1] == b"\x0f")
+        at = m.image.offset_of(jcc.address + 1, 1)
+    data = bytearray(path.read_bytes())
+    data[at] = 0x1F  # 0f 1f: a nopl, not a Jcc
+    path.write_bytes(data)
+    with KernelModel.open(str(path)) as m:
+        site = next(s for s in m.static_calls.sites if s.address == jcc.address)
+        assert site.branch_target is None
+        assert len(site.problems) == 1 and "not a jmp.d32 or Jcc.d32" in site.problems[0]
+    r = run("inspect", str(path))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

@@ -317,7 +317,7 @@ def _site_problem(sec: Section | None, site: StaticCallSite, key: StaticCallKey)
     if site.code is None:
         return f"{site.address:#x} has no bytes in the file"
     wanted = ("jmp.d32 or Jcc.d32", (JMP32, JCC0)) if site.tail else ("call", (CALL,))
-    if site.code[0] not in wanted[1]:
+    if site.code[0] not in wanted[1] or site.branch_target is None:  # 0f not followed by 8x
         kind = "tail-call" if site.tail else "call"
         return f"{kind} site holds {site.text or site.code.hex()}, not a {wanted[0]}"
     if key.tramp is not None and site.branch_target != key.tramp:
