@@ -226,8 +226,25 @@ def test_inspect_lists_them_as_a_kind_of_their_own():
     assert site["instruction"] == "jmp __SCT__pv_sched_clock"
     assert site["func"] == "native_sched_clock"
     text = run("inspect", path, "--sites", "--op", "pv_s*").stdout
-    assert "static calls  5 pv keys, 3 (of 7) sites" in text
+    assert "static calls  2 pv keys, 3 (of 7) sites" in text
     assert "callq __SCT__pv_steal_clock" in text and "irq.save_fl" not in text
+
+
+def test_the_filters_narrow_the_key_table_and_its_counts():
+    """--op and --function narrow the summary's key table as they narrow the pv ops: a key is
+    shown when one of its sites is selected or the filter names it, counting selected sites."""
+    path = build()
+
+    def keys(*filters: str) -> dict[str, int]:
+        doc = json.loads(run("inspect", path, "--json", *filters).stdout)["static_calls"]
+        return {k["name"]: k["sites"] for k in doc["keys"]}
+
+    assert len(keys()) == 5
+    assert keys("--op", "static_call.pv_sched_clock") == {"pv_sched_clock": 2}
+    assert keys("--op", "irq.*") == {}
+    assert keys("--function", "__SCT__xen_hypercall") == {"xen_hypercall": 0}
+    text = run("inspect", path, "--op", "irq.*").stdout
+    assert "static call " not in text  # no key table at all
 
 
 def test_check_reports_bad_records_and_unresolved_keys():

@@ -8,7 +8,7 @@ case-sensitive, an op by its full name (``irq.save_fl``), a function by its name
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import click
@@ -62,6 +62,16 @@ def select_static_sites(sites: list[T], ops: Sequence[str], functions: Sequence[
     if not ops and not functions:
         return sites
     return [s for s in sites if _static_wanted(s.key, s.function, ops, functions)]
+
+
+def select_static_keys(names: Iterable[str], selected: Sequence[T], ops: Sequence[str],
+                       functions: Sequence[str]) -> list[str] | None:
+    """The pv static-call keys a filtered summary shows (None: no filter, all of them): those
+    with a selected site, and those the filters name themselves (function ``__SCT__KEY``)."""
+    if not ops and not functions:
+        return None
+    used = {s.key for s in selected}
+    return [k for k in names if k in used or _static_wanted(k, f"__SCT__{k}", ops, functions)]
 
 
 def select_static(patches: list[T], ops: Sequence[str], functions: Sequence[str]) -> list[T]:

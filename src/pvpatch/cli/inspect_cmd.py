@@ -18,7 +18,7 @@ from pvpatch.cli.common import (
     refuse_inapplicable_guest_options,
     say_progress,
 )
-from pvpatch.cli.filters import select, select_static_sites
+from pvpatch.cli.filters import select, select_static_keys, select_static_sites
 from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import UsageError
 from pvpatch.image.loader import describe_input, input_line
@@ -96,17 +96,19 @@ def inspect(vmlinux: str, list_sites: bool, ops: tuple[str, ...], functions: tup
         patched = _recognised(model)
         sites = select(model.sites.sites, ops, functions)
         static_sites = select_static_sites(model.static_calls.sites, ops, functions)
+        static_keys = select_static_keys(model.static_calls.keys, static_sites, ops, functions)
         be = load_backend(model, backend, vcpus, options) if backend else None
         nops = _nops(model, cpu) if backend else None
         if as_json:
             doc = inspect_dict(model, sites, be, with_sites=list_sites,
-                               static_sites=static_sites, nops=nops, patched=patched)
+                               static_sites=static_sites, nops=nops, patched=patched,
+                               static_keys=static_keys)
             doc["input"] = describe_input(model.image)
             doc["input"]["types"] = model_types(model, btf)
             click.echo(json.dumps(doc))
             return
-        head, _, rest = render_summary(model, sites, be, static_sites, nops,
-                                       patched).partition("\n")
+        head, _, rest = render_summary(model, sites, be, static_sites, nops, patched,
+                                       static_keys).partition("\n")
         click.echo("\n".join([head, f"  input     {input_line(model.image)}",
                               f"  types     {model_types(model, btf)}", rest]))
         if list_sites:

@@ -87,8 +87,10 @@ def backend_ops(backend: Backend) -> list[dict]:
 def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None = None,
                  with_sites: bool = True,
                  static_sites: list[StaticCallSite] | None = None,
-                 nops: NopChoice | None = None, patched: Recognition | None = None) -> dict:
-    """The whole report; ``static_sites`` are the pv static-call sites selected (all: None)."""
+                 nops: NopChoice | None = None, patched: Recognition | None = None,
+                 static_keys: list[str] | None = None) -> dict:
+    """The whole report; ``static_sites`` are the pv static-call sites selected (all: None),
+    ``static_keys`` the keys a filter shows (all: None)."""
     table_ = model.sites
     v = model.version
     lay = table_.layout
@@ -129,7 +131,7 @@ def inspect_dict(model: KernelModel, sites: list[Site], backend: Backend | None 
            if with_sites else {}),
         "static_calls": inspect_section(
             model.static_calls, model.static_calls.sites if static_sites is None
-            else static_sites, model.image.bits, backend, with_sites),
+            else static_sites, model.image.bits, backend, with_sites, static_keys),
     }
 
 
@@ -147,9 +149,10 @@ def _clobber_names(model: KernelModel, s: Site) -> list[str] | None:
 
 def render_summary(model: KernelModel, sites: list[Site], backend: Backend | None = None,
                    static_sites: list[StaticCallSite] | None = None,
-                   nops: NopChoice | None = None, patched: Recognition | None = None) -> str:
+                   nops: NopChoice | None = None, patched: Recognition | None = None,
+                   static_keys: list[str] | None = None) -> str:
     d = inspect_dict(model, sites, backend, with_sites=False, static_sites=static_sites,
-                     nops=nops, patched=patched)
+                     nops=nops, patched=patched, static_keys=static_keys)
     lines = [d["file"]]
     k = d["kernel"]
     kernel = k["release"] or "unknown version"

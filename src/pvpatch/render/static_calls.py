@@ -8,6 +8,7 @@ docs/apply.md; everything here is added beside the pv-site keys, never in place 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from pvpatch.disasm import decode, text_of
@@ -86,11 +87,18 @@ def site_dict(s: StaticCallSite, key: StaticCallKey | None) -> dict:
 
 
 def inspect_section(table_: StaticCallTable, sites: list[StaticCallSite], bits: int,
-                    backend: Backend | None, with_sites: bool) -> dict:
-    """``static_calls`` of ``inspect --json``: the keys always, the sites with --sites."""
+                    backend: Backend | None, with_sites: bool,
+                    keys: Collection[str] | None = None) -> dict:
+    """``static_calls`` of ``inspect --json``: the keys always, the sites with --sites.
+
+    ``keys`` are the keys a filter shows (None: all of them, each counting all its sites);
+    under a filter a key counts only the selected sites."""
+    shown = table_.keys.values() if keys is None else \
+        [k for name, k in table_.keys.items() if name in keys]
+    counted = table_.sites if keys is None else sites
     return {
         "origin": table_.origin, "records": table_.records,
-        "keys": [key_dict(k, table_.sites, bits, backend) for k in table_.keys.values()],
+        "keys": [key_dict(k, counted, bits, backend) for k in shown],
         "site_count": len(table_.sites), "selected": len(sites),
         "sections": dict(Counter(s.section or "?" for s in sites)),
         "unknown_keys": [{"index": i, "address": _hex(a), "key": _hex(k)}
