@@ -83,6 +83,20 @@ def real_kernel(flavour: str = "cloud-amd64", series: str = "6.1", kind: str = "
     return max(found)[1]
 
 
+def cached_kernels(flavour: str = "amd64", kind: str = "vmlinux") -> dict[str, list[Path]]:
+    """Every cached kernel of exactly this flavour, by series, newest first (no skip: for
+    tests that also judge whatever other releases a cache happens to hold)."""
+    kdir = CACHE / "kernels"
+    found: dict[str, list[tuple[tuple[int, ...], Path]]] = {}
+    for path in kdir.glob(f"{kind}-*-{flavour}") if kdir.is_dir() else []:
+        base = path.name[len(kind) + 1:-len(flavour) - 1]
+        m = _RELEASE_BASE.match(base)
+        if m:
+            found.setdefault(m.group(1), []).append((_release_order(base), path))
+    return {series: [p for _o, p in sorted(paths, reverse=True)]
+            for series, paths in found.items()}
+
+
 def one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
     """The bad-input contract: exit status 2, one line on stderr naming the problem."""
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """``make boot-test``: boot real kernels, then hold pvpatch's plan to what they hold.
 
-For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs, native with KASLR)
-and the cloud kernel (native): fetch it, boot it under QEMU and dump its patched .text (boot.py;
-cached per kernel release, --refresh reboots; a kaslr boot is saved whole as an ELF core), then
+For the generic Debian kernel (native, Xen PV dom0 with 1 and with 2 vCPUs, native with KASLR,
+and with KASLR copying out its own /proc/kcore) and the cloud kernel (native): fetch it, boot
+it under QEMU and dump its patched .text (boot.py; cached per kernel release, --refresh
+reboots; a kaslr or kcore boot is saved whole as an ELF core), then
 ``pvpatch verify VMLINUX DUMP [--raw-start <.text vaddr>] --backend B [--vcpus N] --cpu C
 --json`` (C: the CPU QEMU showed the guest) compares every .text pv site, pv static-call site
 and pv trampoline with what that boot configuration leaves there. Prints a table (static calls
@@ -35,10 +36,10 @@ from boottest.common import BootError, ensure_tools, fetch_kernel, say, tool_ver
 # gives K8 NOPs, EPYC P6 ones); trixie-backports' 7.3 and sid's newest 7.x (pv_ops_lock, grouped
 # alternatives, the Xen tables gone, 7.3's spinlock static calls).
 PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("amd64", "kaslr"),
-        ("cloud-amd64", "native"),
+        ("amd64", "kcore"), ("cloud-amd64", "native"),
         ("cloud-amd64", "xen1"), ("cloud-amd64", "xen2"),
         ("6.12-amd64", "native"), ("6.12-amd64", "xen1"), ("6.12-amd64", "xen2"),
-        ("6.12-amd64", "kaslr"),
+        ("6.12-amd64", "kaslr"), ("6.12-amd64", "kcore"),
         # 6.12 cloud has no dom0 support (Xen: "Kernel does not support Dom0 operation", as
         # `pvpatch notes --check` predicts), so it is booted natively only
         ("6.12-cloud-amd64", "native"),
@@ -49,9 +50,16 @@ PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("amd64", "ka
         ("686-pae", "native"), ("686", "native"),
         ("bullseye:amd64", "native"), ("bullseye:amd64", "native", "EPYC"),
         ("bullseye:amd64", "xen1"), ("bullseye:amd64", "xen2"), ("bullseye:amd64", "kaslr"),
+        ("bullseye:amd64", "kcore"),
         ("trixie-backports:amd64", "native"), ("trixie-backports:amd64", "xen1"),
         ("trixie-backports:amd64", "xen2"), ("trixie-backports:amd64", "kaslr"),
+        ("trixie-backports:amd64", "kcore"),
         ("sid:amd64", "native"), ("sid:amd64", "xen1"), ("sid:amd64", "xen2"))
+
+
+# Modes saved as ELF cores (KASLR on): QEMU's dump of guest memory, and the guest's own
+# /proc/kcore copied out (what `pvpatch verify VMLINUX /proc/kcore` reads inside a guest).
+CORES = ("kaslr", "kcore")
 
 
 def row_name(row: tuple[str, ...]) -> str:
@@ -73,8 +81,8 @@ def verify_args(mode: str, meta: dict) -> list[str]:
     .text dump starts at the .text link address (nokaslr); a kaslr core says where it is."""
     cpu = meta.get("guest_cpu", {}).get("pvpatch_cpu")
     on = ["--cpu", cpu] if cpu else []
-    raw = [] if mode == "kaslr" else ["--raw-start", meta["text"]["vaddr"]]
-    if mode in ("native", "kaslr"):
+    raw = [] if mode in CORES else ["--raw-start", meta["text"]["vaddr"]]
+    if mode in ("native", *CORES):
         return [*raw, "--backend", "native", *on]
     return [*raw, "--backend", "xen", "--vcpus", mode.removeprefix("xen"), *on]
 
@@ -169,7 +177,7 @@ def main() -> int:
             meta = bootmod.boot(kernel, mode, refresh=a.refresh, timeout=a.timeout, cpu=cpu)
             row["boot_s"] = meta["boot_seconds"]
             dump = bootmod.paths(kernel, mode, cpu)[0]
-            if a.describe and mode != "kaslr":  # compare.py reads .text dumps, not cores
+            if a.describe and mode not in CORES:  # compare.py reads .text dumps, not cores
                 described.setdefault(kernel.release, {})[label] = cmp.compare(
                     kernel.vmlinux, dump, None, True)
             if not can_verify:
