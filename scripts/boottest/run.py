@@ -54,6 +54,7 @@ PLAN = (("amd64", "native"), ("amd64", "xen1"), ("amd64", "xen2"), ("amd64", "ka
         ("trixie-backports:amd64", "native"), ("trixie-backports:amd64", "xen1"),
         ("trixie-backports:amd64", "xen2"), ("trixie-backports:amd64", "kaslr"),
         ("trixie-backports:amd64", "kcore"),
+        ("trixie-backports:cloud-amd64", "native"),  # no dom0 support, as 6.12 cloud
         ("sid:amd64", "native"), ("sid:amd64", "xen1"), ("sid:amd64", "xen2"),
         # trixie's own 6.12, built by GCC 14 (bookworm-backports' by GCC 12): the same
         # release series, another compiler's code to read Xen's values from
