@@ -70,17 +70,12 @@ def real_kernel(flavour: str = "cloud-amd64", series: str = "6.1", kind: str = "
     cloud kernel is not an ``amd64`` one, and 6.12 is not 6.1. ``kind`` is ``vmlinux`` or
     ``vmlinuz``. Of several releases, the newest.
     """
-    kdir = CACHE / "kernels"
-    found = []
-    for path in kdir.glob(f"{kind}-*-{flavour}") if kdir.is_dir() else []:
-        base = path.name[len(kind) + 1:-len(flavour) - 1]
-        m = _RELEASE_BASE.match(base)
-        if m and m.group(1) == series:
-            found.append((_release_order(base), path))
+    found = cached_kernels(flavour, kind).get(series)
     if not found:
-        pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {series} {flavour} {kind} in {kdir} "
-                    "(run `make fetch` with access to Debian's package registry)")
-    return max(found)[1]
+        pytest.skip(f"REAL-KERNEL TIER SKIPPED: no Debian {series} {flavour} {kind} in "
+                    f"{CACHE / 'kernels'} (run `make fetch` with access to Debian's package "
+                    "registry)")
+    return found[0]
 
 
 def cached_kernels(flavour: str = "amd64", kind: str = "vmlinux") -> dict[str, list[Path]]:
