@@ -57,8 +57,8 @@ def test_interrupt_leaves_nothing(kernel, tmp_path, monkeypatch, interrupt, when
     """Ctrl-C or SIGTERM while the copy runs and the plan is computed, or while writing."""
     real_copy = writer._copy
 
-    def slow_partial_copy(src: str, dst: str) -> None:
-        real_copy(src, dst)
+    def slow_partial_copy(src: str, dst: str, stop=None) -> None:
+        real_copy(src, dst, stop)
         time.sleep(0.2)
 
     monkeypatch.setattr(writer, "_copy", slow_partial_copy)
@@ -99,7 +99,7 @@ def test_real_sigterm_to_a_running_apply(tmp_path):
 
 
 def test_full_disk_simulated(kernel, tmp_path, monkeypatch):
-    def no_space(src: str, dst: str) -> None:
+    def no_space(src: str, dst: str, stop=None) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(writer, "_copy", no_space)
@@ -205,6 +205,48 @@ def test_an_earlier_output_is_touched_only_once_the_input_is_validated(kernel, t
     (tmp_path / "adir").mkdir()
     r = run("apply", str(kernel), "-o", str(tmp_path / "adir"))
     assert r.returncode == 2 and "is a directory" in r.stderr and (tmp_path / "adir").is_dir()
+
+
+def test_a_copy_started_before_validation_keeps_the_earlier_output(kernel, tmp_path):
+    """apply starts copying before it has read the input through: the earlier output stays
+    until validated() (so a rejected input leaves it), and goes only then."""
+    out = tmp_path / "out"
+    out.write_bytes(b"an older build's output")
+    with pytest.raises(RuntimeError), OutputFiles([str(kernel)]) as outs, \
+            PatchedCopy(str(kernel), outs.claim(str(out), "-o"), validated=False):
+        time.sleep(0.05)  # the copy runs meanwhile
+        raise RuntimeError("the input was rejected")
+    assert out.read_bytes() == b"an older build's output" and leftovers(tmp_path) == []
+    with OutputFiles([str(kernel)]) as outs, \
+            PatchedCopy(str(kernel), outs.claim(str(out), "-o"), validated=False) as c:
+        assert out.exists()
+        c.validated()
+        c.commit([Poke(0x100, b"\x90", 0)])
+        assert not out.exists()  # removed beside the copy, before the rename
+        outs.commit()
+    assert out.read_bytes()[0x100] == 0x90 and leftovers(tmp_path) == []
+
+
+def test_a_failing_command_stops_the_copy(tmp_path, monkeypatch):
+    """Leaving the block on an error ends the copy at its next chunk, not after the whole
+    image."""
+    monkeypatch.setattr(writer, "COPY_CHUNK", 1 << 20)
+    big = tmp_path / "big"
+    big.write_bytes(os.urandom(64 << 20))
+    chunks = []
+    real_range = os.copy_file_range
+
+    def slow_range(*a):
+        chunks.append(a)
+        time.sleep(0.02)
+        return real_range(*a)
+
+    monkeypatch.setattr(os, "copy_file_range", slow_range)
+    with pytest.raises(RuntimeError), OutputFiles([str(big)]) as outs, \
+            PatchedCopy(str(big), outs.claim(str(tmp_path / "out"), "-o"), validated=False):
+        time.sleep(0.1)
+        raise RuntimeError("the input was rejected")
+    assert 0 < len(chunks) < 64 and leftovers(tmp_path) == []
 
 
 # -- one safe way to write every file (issue: --report replaced the input kernel) -------------

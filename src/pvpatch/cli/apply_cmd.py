@@ -112,20 +112,23 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map,
                                                          btf=btf, progress=say_progress()))
             keep_until_exit(model)
-            patched = recognise(model)
-            if patched is not None:
-                raise InputError(patched.refusal(vmlinux, "apply needs the unpatched vmlinux"))
             boot = model.image.origin if isinstance(model.image.origin, BootImage) else None
             if boot is not None and in_place:
                 raise UsageError(f"{vmlinux} is a bzImage: --in-place would replace it with "
                                  "an ELF vmlinux; write the result elsewhere with -o")
             data = None if boot is None else model.image.data  # the vmlinux inside it
+            # the kernel copies the image while the plan is made; an earlier output at -o
+            # stays until the input is validated
+            copy = None if elf is None else stack.enter_context(
+                PatchedCopy(vmlinux, elf, data=data, validated=False))
+            patched = recognise(model)
+            if patched is not None:
+                raise InputError(patched.refusal(vmlinux, "apply needs the unpatched vmlinux"))
             progress("resolving the backend and planning")
             be = load_backend(model, backend, vcpus, options)
             p = plan(model, be, model.alternatives, nop_choice(model, cpu))
-            # the input is validated: only now may an earlier output at -o be replaced
-            copy = None if elf is None else stack.enter_context(
-                PatchedCopy(vmlinux, elf, data=data))
+            if copy is not None:
+                copy.validated()
             changes = p.changes()
             pokes = file_pokes(model.image, changes)
             bits = model.image.bits

@@ -53,45 +53,76 @@ class PatchedCopy:
     """Fill a claimed output (:class:`pvpatch.outputs.Output`) with a copy of ``src`` whose
     site bytes are then written and verified.
 
-    Enter it once the input is validated: a background thread then removes an earlier file
-    at the target (:meth:`~pvpatch.outputs.Output.release_target`) and copies into the
-    output's temporary file (the kernel does the copying) while the caller prepares the site
-    bytes; the :class:`~pvpatch.outputs.OutputFiles` that claimed the output renames it into
-    place once the command has succeeded, and removes it otherwise.
+    Entering it starts a background thread that copies into the output's temporary file (the
+    kernel does the copying) while the caller reads the input and prepares the site bytes.
+    An earlier file at the target is removed (:meth:`~pvpatch.outputs.Output.release_target`)
+    only once the input is known to be good: at once when ``validated`` (the caller checked
+    the input before entering), else when the caller says so with :meth:`validated`. The
+    :class:`~pvpatch.outputs.OutputFiles` that claimed the output renames it into place once
+    the command has succeeded, and removes it otherwise; leaving the block on an error stops
+    the copy at its next chunk.
     """
 
-    def __init__(self, src: str, out: Output, *, data: Buffer | None = None) -> None:
+    def __init__(self, src: str, out: Output, *, data: Buffer | None = None,
+                 validated: bool = True) -> None:
         """``data``, when given, is what the copy holds instead of ``src``'s bytes (the
         vmlinux decompressed out of the bzImage ``src``); ``src`` still names the input."""
         self.src, self.out, self.data = src, out, data
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._release_pending = not validated
+        self._threads = [threading.Thread(
+            target=self._release_then_copy if validated else self._copy, daemon=True)]
+
+    def _release_then_copy(self) -> None:
+        self._release_target()
+        if not self._errors:
+            self._copy()
+
+    def _release_target(self) -> None:
+        try:
+            self.out.release_target()  # freeing 600 MB of blocks takes a while: off the caller
+        except BaseException as e:  # handed to the main thread by commit()
+            self._errors.append(e)
 
     def _copy(self) -> None:
         try:
-            self.out.release_target()  # freeing 600 MB of blocks takes a while: in this thread
             if self.data is None:
-                _copy(self.src, self.out.tmp)
+                _copy(self.src, self.out.tmp, stop=self._stop)
             else:
                 _write(self.data, self.out.tmp)
             shutil.copymode(self.src, self.out.tmp)
         except BaseException as e:  # handed to the main thread by commit()
-            self._error = e
+            self._errors.append(e)
 
     def __enter__(self) -> PatchedCopy:
-        self._thread.start()
+        self._threads[0].start()
         return self
+
+    def validated(self) -> None:
+        """The input is good: an earlier output may now be removed (in a thread of its own,
+        beside the copy)."""
+        if self._release_pending:
+            self._release_pending = False
+            release = threading.Thread(target=self._release_target, daemon=True)
+            release.start()
+            self._threads.append(release)
 
     def __exit__(self, *exc: object) -> None:
         # the temporary file is removed by the OutputFiles only once nothing writes it
-        self._thread.join()
+        if exc[0] is not None:
+            self._stop.set()
+        for t in self._threads:
+            t.join()
 
     def commit(self, pokes: Sequence[Poke]) -> None:
         """Wait for the copy, write the site bytes and verify them."""
-        self._thread.join()
+        self.validated()
+        for t in self._threads:
+            t.join()
         try:
-            if self._error is not None:
-                raise self._error
+            if self._errors:
+                raise self._errors[0]
             with open(self.out.tmp, "r+b") as f:
                 for p in pokes:
                     f.seek(p.offset)
@@ -107,9 +138,13 @@ def _write(data: Buffer, dst: str) -> None:
         fo.write(data)
 
 
-def _copy(src: str, dst: str) -> None:
+COPY_CHUNK = 64 << 20  # how much the kernel copies between two looks at ``stop``
+
+
+def _copy(src: str, dst: str, stop: threading.Event | None = None) -> None:
     """Reflink when the filesystem shares blocks (instant), else an in-kernel copy into
-    space allocated up front."""
+    space allocated up front, in chunks so that a ``stop`` set by a failing command ends it
+    within one chunk."""
     with open(src, "rb") as fi, open(dst, "r+b") as fo:
         try:
             fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
@@ -118,7 +153,7 @@ def _copy(src: str, dst: str) -> None:
             pass
         size = os.fstat(fi.fileno()).st_size
         _preallocate(fo.fileno(), size)
-        _copy_range(fi.fileno(), fo.fileno(), size)
+        _copy_range(fi.fileno(), fo.fileno(), size, stop)
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -151,12 +186,15 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _copy_range(fin: int, fout: int, size: int) -> None:
-    """Copy ``size`` bytes in the kernel: copy_file_range, else sendfile (other filesystems)."""
+def _copy_range(fin: int, fout: int, size: int, stop: threading.Event | None = None) -> None:
+    """Copy ``size`` bytes in the kernel: copy_file_range, else sendfile (other filesystems),
+    at most :data:`COPY_CHUNK` at a time; a set ``stop`` ends the copy with an OSError
+    (ECANCELED) that nobody sees, since the command is failing already."""
     off = 0
     try:
         while off < size:
-            n = os.copy_file_range(fin, fout, size - off, off, off)
+            _check(stop)
+            n = os.copy_file_range(fin, fout, min(size - off, COPY_CHUNK), off, off)
             if n == 0:
                 break
             off += n
@@ -165,10 +203,16 @@ def _copy_range(fin: int, fout: int, size: int) -> None:
             raise
     os.lseek(fout, off, os.SEEK_SET)
     while off < size:
-        n = os.sendfile(fout, fin, off, size - off)
+        _check(stop)
+        n = os.sendfile(fout, fin, off, min(size - off, COPY_CHUNK))
         if n == 0:
             raise OSError(errno.EIO, "the input shrank while it was copied")
         off += n
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
 
 
 def verify(src: str | Buffer, out: str, pokes: Sequence[Poke]) -> None:
