@@ -23,6 +23,7 @@ from operator import sub
 from typing import TYPE_CHECKING
 
 from pvpatch.image import layouts as L
+from pvpatch.image.bytesearch import find_all
 
 if TYPE_CHECKING:
     from pvpatch.image.elf import ElfImage
@@ -222,10 +223,8 @@ class SymbolTable:
         except UnicodeEncodeError:  # e.g. a member name from damaged BTF: no symbol has it
             return []
         found: list[int] = []
-        pos = self._strtab.find(needle)
-        while pos >= 0:
+        for pos in find_all(self._strtab, needle):
             found.extend(self._records_named(pos))
-            pos = self._strtab.find(needle, pos + 1)
         return sorted(i for i in found if self._defined(i))
 
     def _records_named(self, name_off: int) -> list[int]:
@@ -233,16 +232,8 @@ class SymbolTable:
         column (4 bytes a record, ~0.5 MB for a debug kernel; hits off a word boundary are
         other names' bytes). ~0.5 ms a name and no set-up to speak of, where sorting the
         records by name cost ~40 ms before the first lookup."""
-        column, needle = self._name_column, name_off.to_bytes(4, "little")
-        out: list[int] = []
-        pos = column.find(needle)
-        while pos >= 0:
-            if pos % 4 == 0:
-                out.append(pos // 4)
-                pos = column.find(needle, pos + 4)
-            else:
-                pos = column.find(needle, pos + 1)
-        return out
+        needle = name_off.to_bytes(4, "little")
+        return [pos // 4 for pos in find_all(self._name_column, needle) if pos % 4 == 0]
 
     @cached_property
     def _name_column(self) -> bytes:
@@ -285,22 +276,18 @@ class SymbolTable:
         table for a name that begins there: C speed, no pass over the records)."""
         needle = b"\0" + prefix.encode("latin-1")
         names: set[str] = set()
-        pos = self._strtab.find(needle)
-        while pos >= 0:
+        for pos in find_all(self._strtab, needle):
             end = self._strtab.find(b"\0", pos + 1)
             names.add(self._strtab[pos + 1:end if end >= 0 else None].decode("latin-1"))
-            pos = self._strtab.find(needle, pos + 1)
         return [sym for name in sorted(names) for sym in self.lookup(name)]
 
     def names_ending(self, suffix: str) -> set[str]:
         """Every name in the string table that ends with ``suffix`` (C-speed searches)."""
         needle = suffix.encode("latin-1") + b"\0"
         out: set[str] = set()
-        pos = self._strtab.find(needle)
-        while pos >= 0:
+        for pos in find_all(self._strtab, needle):
             start = self._strtab.rfind(b"\0", 0, pos) + 1
             out.add(self._strtab[start:pos + len(needle) - 1].decode("latin-1"))
-            pos = self._strtab.find(needle, pos + 1)
         return out
 
     def address(self, name: str) -> int | None:
