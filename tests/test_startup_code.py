@@ -144,6 +144,18 @@ def test_a_newer_kernel_whose_code_leaves_a_slot_unknown_is_refused():
     one_line_error(r, "newer than 7.3", "mmu.write_cr3")
 
 
+def test_a_refusal_from_the_worker_leaves_an_earlier_output_and_no_temporary(tmp_path):
+    """apply resolves a guest backend in a worker process while it copies the image: the
+    worker's refusal is the same one-line error, the copy is dropped, -o is untouched."""
+    out = tmp_path / "out"
+    out.write_bytes(b"an older build's output")
+    r = run("apply", build(XEN_CODE=1, BANNER_NEWER=1, UNKNOWN_STORE=1), "-o", str(out),
+            "--backend", "xen")
+    one_line_error(r, "newer than 7.3", "mmu.write_cr3")
+    assert out.read_bytes() == b"an older build's output"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_a_newer_kernel_is_planned_natively_with_a_warning():
     r = run("apply", build(BANNER_NEWER=1), "--dry-run", "--json")
     assert r.returncode == 0, r.stderr

@@ -117,7 +117,7 @@ def initial_resolutions(model: KernelModel, reason: str) -> dict[int, Resolution
 def initial_static_calls(model: KernelModel, reason: str) -> dict[str, CallTarget]:
     """Every pv static-call key as its DEFINE_STATIC_CALL initialiser leaves it."""
     return {name: CallTarget(key.func, key.func_name, reason)
-            for name, key in model.static_calls.keys.items()}
+            for name, key in model.static_call_keys.items()}
 
 
 def decide_pv_features(model: KernelModel, backend: Backend, xenpv: bool) -> None:

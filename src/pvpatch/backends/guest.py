@@ -156,7 +156,7 @@ def _static_calls(model: KernelModel, result: StartupResult, label: str
                   ) -> dict[str, CallTarget]:
     out = initial_static_calls(model, f"DEFINE_STATIC_CALL initialiser (untouched by the "
                                       f"{label})")
-    changed = {name: o for name, key in model.static_calls.keys.items()
+    changed = {name: o for name, key in model.static_call_keys.items()
                if (o := result.value(key.address)) is not None and o.step is not None}
     names = describe_targets(model.image, [o.value for o in changed.values()])
     for (name, origin), target in zip(changed.items(), names, strict=True):

@@ -255,7 +255,7 @@ def _from_code(model: KernelModel, vcpus: int, version: tuple[int, int, int] | N
 def _static_calls(model: KernelModel, result: StartupResult) -> dict[str, CallTarget]:
     """Each pv static-call key as the start-up code leaves it (the initialiser otherwise)."""
     out = initial_static_calls(model, "DEFINE_STATIC_CALL initialiser (untouched by Xen)")
-    changed = {name: o for name, key in model.static_calls.keys.items()
+    changed = {name: o for name, key in model.static_call_keys.items()
                if (o := result.value(key.address)) is not None and o.step is not None}
     names = describe_targets(model.image, [o.value for o in changed.values()])
     for (name, origin), target in zip(changed.items(), names, strict=True):

@@ -24,9 +24,10 @@ from pvpatch.cli.filters import filter_options, select_by_site, select_static
 from pvpatch.cpu import resolve_cpu
 from pvpatch.errors import InputError, UsageError
 from pvpatch.image.bzimage import BootImage
-from pvpatch.image.loader import describe_input
+from pvpatch.image.loader import describe_input, is_elf
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
+from pvpatch.parallel import Stream
 from pvpatch.patch.plan import SitePatch, nop_choice, plan
 from pvpatch.patch.recognise import recognise
 from pvpatch.patch.writer import PatchedCopy, file_pokes
@@ -109,6 +110,11 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             hint="use --in-place to replace it")
         rep = outs.claim(report_path, "--report") if report_path else None
         with contextlib.ExitStack() as stack:
+            # the kernel copies the image while it is read and planned; an earlier output
+            # at -o stays until the input is validated. An ELF is copied from the start,
+            # a bzImage once the vmlinux is out of it.
+            copy = None if elf is None or not is_elf(vmlinux) else stack.enter_context(
+                PatchedCopy(vmlinux, elf, validated=False))
             model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map,
                                                          btf=btf, progress=say_progress()))
             keep_until_exit(model)
@@ -116,17 +122,25 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             if boot is not None and in_place:
                 raise UsageError(f"{vmlinux} is a bzImage: --in-place would replace it with "
                                  "an ELF vmlinux; write the result elsewhere with -o")
-            data = None if boot is None else model.image.data  # the vmlinux inside it
-            # the kernel copies the image while the plan is made; an earlier output at -o
-            # stays until the input is validated
-            copy = None if elf is None else stack.enter_context(
-                PatchedCopy(vmlinux, elf, data=data, validated=False))
+            if elf is not None and copy is None:
+                data = None if boot is None else model.image.data  # the vmlinux inside it
+                copy = stack.enter_context(PatchedCopy(vmlinux, elf, data=data,
+                                                       validated=False))
+            progress("resolving the backend and planning")
+            # a guest backend reads its start-up code (Xen's: dozens of functions decoded):
+            # a worker process does that while this one reads the sites
+            if backend != "native":
+                _ = model.era  # symbols, version, types, pv-op table: both sides read them
+            resolving = None if backend == "native" else stack.enter_context(
+                Stream([lambda: load_backend(model, backend, vcpus, options)]))
             patched = recognise(model)
             if patched is not None:
                 raise InputError(patched.refusal(vmlinux, "apply needs the unpatched vmlinux"))
-            progress("resolving the backend and planning")
-            be = load_backend(model, backend, vcpus, options)
-            p = plan(model, be, model.alternatives, nop_choice(model, cpu))
+            nops = nop_choice(model, cpu)
+            _ = model.alternatives, model.static_calls  # what the plan reads, read meanwhile
+            be = load_backend(model, backend, vcpus, options) if resolving is None \
+                else next(resolving)
+            p = plan(model, be, model.alternatives, nops)
             if copy is not None:
                 copy.validated()
             changes = p.changes()

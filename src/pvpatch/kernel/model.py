@@ -22,7 +22,12 @@ from pvpatch.kernel.clobbers import ClobberBits, clobber_bits
 from pvpatch.kernel.era import EraDetection, detect_era
 from pvpatch.kernel.pvops import PvOps, has_table_symbol
 from pvpatch.kernel.sites import RecordSet, SiteTable, read_records, read_sites
-from pvpatch.kernel.static_calls import StaticCallTable, read_static_calls
+from pvpatch.kernel.static_calls import (
+    StaticCallKey,
+    StaticCallTable,
+    read_static_call_keys,
+    read_static_calls,
+)
 from pvpatch.kernel.table_base import TableBase, derive_table_base
 from pvpatch.kernel.version import KernelVersion, detect_version
 from pvpatch.types.loader import load_types
@@ -129,10 +134,16 @@ class KernelModel:
                           enum_types=enum_types)
 
     @cached_property
+    def static_call_keys(self) -> dict[str, StaticCallKey]:
+        """The pv static-call keys and their trampolines, without the site records: all that
+        a backend's resolution reads (a worker resolving one need not decode the sites)."""
+        return read_static_call_keys(self.image, self.version)
+
+    @cached_property
     def static_calls(self) -> StaticCallTable:
         """The pv static calls (5.12+): keys, trampolines and ``.static_call_sites`` records;
         empty for a kernel that has none."""
-        return read_static_calls(self.image, self.version)
+        return read_static_calls(self.image, self.version, self.static_call_keys)
 
     @cached_property
     def boot_writes(self) -> BootWrites | None:

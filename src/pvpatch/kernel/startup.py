@@ -245,6 +245,6 @@ def pv_regions(model: KernelModel) -> list[Region]:
         out.append(Region("pv_ops", pvops.base, pvops.main_size))
     for name, address, size, _layout in pvops.extra_tables:
         out.append(Region(name, address, size))
-    for key in model.static_calls.keys.values():
+    for key in model.static_call_keys.values():
         out.append(Region(f"__SCK__{key.name}", key.address, image.ptr_size, True))
     return out

@@ -148,9 +148,11 @@ class StaticCallTable:
             sum(len(s.problems) for s in self.sites) + len(self.unknown_keys)
 
 
-def read_static_calls(image: ElfImage, version: KernelVersion | None = None) -> StaticCallTable:
-    """The pv keys the image defines, and every record of the site table that calls one."""
-    keys = _pv_keys(image, version)
+def read_static_calls(image: ElfImage, version: KernelVersion | None = None,
+                      keys: dict[str, StaticCallKey] | None = None) -> StaticCallTable:
+    """The pv keys the image defines (``keys``, when read already), and every record of the
+    site table that calls one."""
+    keys = read_static_call_keys(image, version) if keys is None else keys
     raw, origin, base = _table(image)
     if raw is None:
         return StaticCallTable(keys, [], 0, origin)
@@ -161,7 +163,9 @@ def read_static_calls(image: ElfImage, version: KernelVersion | None = None) -> 
 
 # -- keys and trampolines ---------------------------------------------------------------------
 
-def _pv_keys(image: ElfImage, version: KernelVersion | None) -> dict[str, StaticCallKey]:
+def read_static_call_keys(image: ElfImage, version: KernelVersion | None = None
+                          ) -> dict[str, StaticCallKey]:
+    """The pv static-call keys the image defines, by name, each with its trampoline."""
     syms = image.symbols
     out = {}
     for info in PV_STATIC_CALLS:

@@ -82,8 +82,19 @@ def _skip_nops(buf: bytearray, offset: int, bits: int) -> int:
 
 
 def optimize_nops(buf: bytearray, bits: int, nops: NopTable) -> None:
-    """``optimize_nops()`` of 6.12: every NOP run becomes one NOP, unless it ends the buffer."""
-    buf[:] = _optimized(bytes(buf), bits, nops)
+    """``optimize_nops()`` of 6.12: every NOP run becomes one NOP, unless it ends the buffer.
+
+    The walk never looks back, so a leading call/jmp rel32 (a direct-call site's ``call
+    target``, whose displacement differs at every site) is kept as it is and only the rest
+    goes through the cache."""
+    code = bytes(buf)
+    head = _branch_head(code)
+    buf[:] = code[:head] + _optimized(code[head:], bits, nops)
+
+
+def _branch_head(code: bytes) -> int:
+    """5 when ``code`` starts with a whole call/jmp rel32 (walked over as it is), else 0."""
+    return 5 if len(code) >= 5 and code[0] in (CALL, JMP32) else 0
 
 
 @lru_cache(maxsize=4096)
@@ -110,7 +121,11 @@ def apply_relocation(buf: bytearray, instr: int, repl: int, repl_len: int, bits:
     """``__apply_relocation()``: relative branches and RIP-relative operands that point out
     of the replacement move with it; a jmp.d32 that then reaches becomes jmp.d8 + int3."""
     shift = repl - instr
-    for i, size, imm_offset, imm_size, rip_disp in _shapes(bytes(buf), bits):
+    code = bytes(buf)
+    head = _branch_head(code)
+    shapes = ((0, 5, 1, 4, None),) if head else ()
+    shapes += tuple((i + head, *rest) for i, *rest in _shapes(code[head:], bits))
+    for i, size, imm_offset, imm_size, rip_disp in shapes:
         nxt, op = i + size, buf[i]
         relative = op in (CALL, JMP32, JMP8) or 0x70 <= op <= 0x7F or \
             (op == 0x0F and nxt - i > 1 and 0x80 <= buf[i + 1] <= 0x8F)
