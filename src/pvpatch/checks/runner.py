@@ -102,44 +102,32 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
                options: GuestOptions | None = None) -> CheckRun:
     """Every family for ``names``, planned for boots on ``cpu``. Without ``explicit``, a
     backend the image cannot have (Xen PV on a kernel built without it) is skipped with a
-    note instead of an error."""
-    ctx = Context(model, model.alternatives)  # the table the sites were read with (6.8+)
-    nops = nop_choice(model, cpu)
-    run = CheckRun(model.image.path, model.version.release, [], nops=nops,
-                   machine=model.image.machine, build_id=model.image.build_id)
-    if model.builtin is not None and model.builtin.table is not None:
-        run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the image)")
-    recognised = recognise(model)
-    if recognised is not None:
-        return _patched_run(model, run, names, recognised)
-    _ = model.sites, model.static_calls  # what every process reads, built once before forking
-    model.image.symbols.index_code()
-    parts = _run_parts(ctx, names, vcpus, explicit, nops, options)
-    for part in parts:
-        run.suites += part.suites
-        run.findings += part.findings
-        run.checked.update(part.checked)
-        run.notes += part.notes
-        if part.backend is not None:
-            run.backends.append(part.backend)
-    return run
-
-
-def _run_parts(ctx: Context, names: tuple[str, ...], vcpus: int, explicit: bool,
-               nops: NopChoice, options: GuestOptions | None) -> list[Part]:
-    """Every unit's part, in report order.
+    note instead of an error.
 
     Resolving a backend is the costly step (Xen's reads its start-up code: dozens of
-    functions decoded), and needs nothing but the read-only model, so each backend after
-    the first is resolved in a worker while this process runs the image-wide checks, the
-    Xen notes and the first backend; each resolved backend (plain data) is then planned
-    here, the plan being cheap once the sites are read.
+    functions decoded) and needs nothing but the read-only model, so each backend after the
+    first is resolved in a worker process, forked as soon as the image-wide facts every
+    process reads (symbols, version, types, pv-op table) are known. This process meanwhile
+    reads the sites and runs the image-wide checks, the first backend and the Xen notes,
+    then plans each resolved backend (plain data) and checks it: planning is cheap here,
+    where the sites and caches are warm. A worker not needed (an image already patched) is
+    stopped.
     """
-    model = ctx.model
+    _ = model.era
     with ExitStack() as stack:  # leaving stops a worker still running (after an error here)
         workers = [stack.enter_context(Stream([_resolver(model, name, vcpus, explicit,
                                                           options)]))
                    for name in names[1:]]
+        ctx = Context(model, model.alternatives)  # the table the sites were read with (6.8+)
+        nops = nop_choice(model, cpu)
+        run = CheckRun(model.image.path, model.version.release, [], nops=nops,
+                       machine=model.image.machine, build_id=model.image.build_id)
+        if model.builtin is not None and model.builtin.table is not None:
+            run.notes.append(f"op names from {model.builtin.described} (no BTF/DWARF in the "
+                             "image)")
+        recognised = recognise(model)
+        if recognised is not None:
+            return _patched_run(model, run, names, recognised)
         parts = [_image_part(ctx), _backend_run(ctx, _resolver(model, names[0], vcpus,
                                                                explicit, options)(), nops)]
         if "xen" in names:  # the notes matter to PVH-only kernels too, not tied to the backend
@@ -148,7 +136,14 @@ def _run_parts(ctx: Context, names: tuple[str, ...], vcpus: int, explicit: bool,
         parts += [_backend_run(ctx, next(w), nops) for w in workers]
     if "xen" in names:
         parts.append(xen_notes)
-    return parts
+    for part in parts:
+        run.suites += part.suites
+        run.findings += part.findings
+        run.checked.update(part.checked)
+        run.notes += part.notes
+        if part.backend is not None:
+            run.backends.append(part.backend)
+    return run
 
 
 def _resolver(model: KernelModel, name: str, vcpus: int, explicit: bool,
