@@ -28,7 +28,7 @@ from pvpatch.image.loader import describe_input, is_elf
 from pvpatch.kernel.model import KernelModel
 from pvpatch.outputs import OutputFiles
 from pvpatch.parallel import Stream
-from pvpatch.patch.plan import SitePatch, nop_choice, plan
+from pvpatch.patch.plan import SitePatch, nop_choice, plan, read_ahead
 from pvpatch.patch.recognise import recognise
 from pvpatch.patch.writer import PatchedCopy, file_pokes
 from pvpatch.render.apply import patch_dict, per_op, plan_dict, render_sites, render_summary
@@ -137,12 +137,13 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             if patched is not None:
                 raise InputError(patched.refusal(vmlinux, "apply needs the unpatched vmlinux"))
             nops = nop_choice(model, cpu)
-            _ = model.alternatives, model.static_calls  # what the plan reads, read meanwhile
+            _ = model.alternatives  # what the plan reads, read while the worker resolves
+            read_ahead(model, nops)
             be = load_backend(model, backend, vcpus, options) if resolving is None \
                 else next(resolving)
-            p = plan(model, be, model.alternatives, nops)
-            if copy is not None:
+            if copy is not None:  # the input is good (read_ahead has what plan refuses)
                 copy.validated()
+            p = plan(model, be, model.alternatives, nops)
             changes = p.changes()
             pokes = file_pokes(model.image, changes)
             bits = model.image.bits

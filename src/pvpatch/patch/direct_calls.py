@@ -201,17 +201,24 @@ def alt_replace_call(buf: bytearray, entry: AltEntry, slot_value: int, bug_fn: i
     return 0 if target == nop_fn else 5
 
 
+def patcher_functions(model: KernelModel) -> tuple[int, int | None]:
+    """(BUG_func, nop_func): what alt_replace_call() writes for NULL and no-op slots; an
+    image without BUG_func cannot be patched at all."""
+    image, era = model.image, ERA_6_8_PLUS
+    bug_fn = image.symbols.address(era.bug_function)
+    if bug_fn is None:
+        raise InputError(f"no {era.bug_function} symbol: cannot patch DIRECT_CALL sites",
+                         image.path)
+    return bug_fn, image.symbols.address(era.nop_function)
+
+
 def plan_direct_calls(model: KernelModel, backend: Backend, alts: AltTable,
                       nops: NopTable) -> PatchPlan:
     """Every pv site as 6.8+ apply_alternatives() leaves it, entries in table order."""
     from pvpatch.patch.plan import PatchPlan, SitePatch
 
     image, era = model.image, ERA_6_8_PLUS
-    bug_fn = image.symbols.address(era.bug_function)
-    nop_fn = image.symbols.address(era.nop_function)
-    if bug_fn is None:
-        raise InputError(f"no {era.bug_function} symbol: cannot patch DIRECT_CALL sites",
-                         image.path)
+    bug_fn, nop_fn = patcher_functions(model)
     patches = [SitePatch(s, code, code, "unpatched", reason="no alternative applied")
                for s in model.sites.sites for code in [site_bytes(image, s)]]
     by_addr = {p.site.address: p for p in patches}

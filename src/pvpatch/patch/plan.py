@@ -34,7 +34,7 @@ from pvpatch.patch.boot_nops import NopChoice, choose, fixed
 from pvpatch.patch.clobbers import C_ABI, FAMILY, GPR64, ClobberAnalyzer, Clobbers
 from pvpatch.patch.entries import decide, feature_text
 from pvpatch.patch.nops import NopTable
-from pvpatch.patch.static_calls import StaticCallPatch, plan_static_calls
+from pvpatch.patch.static_calls import StaticCallPatch, plan_static_calls, transform_of
 
 CALL, JMP32, JMP8 = 0xE8, 0xE9, 0xEB
 
@@ -120,6 +120,22 @@ def plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopChoice) 
     return out
 
 
+def read_ahead(model: KernelModel, nops: NopChoice) -> None:
+    """Read now what every backend's plan reads from the image (the patcher's functions, the
+    static-call transform: symbol lookups, ~3 ms each on a debug kernel), so that a process
+    waiting for a backend resolved in a worker spends the wait on them, not after it. Raises
+    the InputError the plan would raise for an image that cannot be patched, so that once a
+    backend is resolved the input is known to be good."""
+    if model.sites.origin != ".parainstructions":
+        from pvpatch.patch.direct_calls import patcher_functions
+
+        patcher_functions(model)
+    elif model.era is None or model.era.era.key not in LEGACY_ERAS:
+        _patcher_functions(model, _era(model))
+    if model.static_calls.keys:
+        transform_of(model, nops.table)
+
+
 def _plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) -> PatchPlan:
     if model.sites.origin != ".parainstructions":  # 6.8+: ALT_FLAG_DIRECT_CALL
         from pvpatch.patch.direct_calls import plan_direct_calls
@@ -131,17 +147,23 @@ def _plan(model: KernelModel, backend: Backend, alts: AltTable, nops: NopTable) 
 
         return plan_legacy(model, backend, detected, nops)
     era = _era(model)
-    image = model.image
-    nop_fn = image.symbols.address(era.nop_function)
-    bug_fn = image.symbols.address(era.bug_function)
-    if bug_fn is None:
-        raise InputError(f"no {era.bug_function} symbol: cannot patch NULL slots", image.path)
+    bug_fn, nop_fn = _patcher_functions(model, era)
     by_slot = {t: _slot_patch(backend, t, nop_fn, bug_fn, era)
                for t in {s.type for s in model.sites.sites}}
     patches = [_paravirt_patch(model, s, nops, by_slot[s.type]) for s in model.sites.sites]
     used, left = _apply_alternatives(model, backend, alts, patches, nops)
     check_clobbers(model, patches)
     return PatchPlan(backend, nops, era.bug_function, patches, used, left)
+
+
+def _patcher_functions(model: KernelModel, era: Era) -> tuple[int, int | None]:
+    """(the BUG function, the nop function) NULL and no-op slots get; without the first an
+    image cannot be patched."""
+    image = model.image
+    bug_fn = image.symbols.address(era.bug_function)
+    if bug_fn is None:
+        raise InputError(f"no {era.bug_function} symbol: cannot patch NULL slots", image.path)
+    return bug_fn, image.symbols.address(era.nop_function)
 
 
 def _era(model: KernelModel) -> Era:
