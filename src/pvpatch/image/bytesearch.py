@@ -8,13 +8,17 @@ library), ``bytes.find`` gives the same answers.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 
 @functools.cache
-def _memmem() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+def _memmem() -> Any:
+    """glibc's memmem through ctypes (imported here: ~3 ms that a command without a
+    lookup need not pay), or None."""
+    import ctypes
+
     try:
         fn = ctypes.CDLL(None).memmem
     except (OSError, AttributeError):
@@ -31,6 +35,8 @@ def find_all(haystack: bytes, needle: bytes, start: int = 0) -> Iterator[int]:
     if memmem is None or not needle or not isinstance(haystack, bytes):
         yield from _find_all_py(haystack, needle, start)
         return
+    import ctypes
+
     base = ctypes.cast(ctypes.c_char_p(haystack), ctypes.c_void_p).value or 0
     end, m = base + len(haystack), len(needle)
     pos = base + start

@@ -31,8 +31,6 @@ each as LZO1X, decoded with the optional ``lzallright`` package (``pip install p
 
 from __future__ import annotations
 
-import bz2
-import lzma
 import struct
 import zlib
 from collections.abc import Callable
@@ -158,6 +156,8 @@ def decompress(data: bytes | memoryview, boot: BootImage,
             return whole
     out = _Output(hint if hint is not None and boot.method != "none"
                   and hint <= len(payload) * MAX_RATIO else None, boot)
+    import lzma  # here, not at module import: only a bzImage needs it (~1.5 ms; bz2 too)
+
     try:
         if boot.method == "none":
             out.write(payload)
@@ -274,11 +274,14 @@ class _Output:
 def _decompressor(method: str) -> object:
     if method == "gzip":
         return zlib.decompressobj(wbits=31)
-    if method == "xz":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    if method == "lzma":
-        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+    if method in ("xz", "lzma"):
+        import lzma
+
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ if method == "xz" else
+                                     lzma.FORMAT_ALONE)
     if method == "bzip2":
+        import bz2
+
         return bz2.BZ2Decompressor()
     if method == "zstd":
         try:
