@@ -47,6 +47,13 @@ def _decoder(bits: int) -> capstone.Cs:
     return md
 
 
+def preload(bits: int) -> None:
+    """Load capstone and its decoders now: before forking workers that all decode, so that
+    each does not load it again."""
+    _decoder(bits)
+    _lite(bits)
+
+
 # ModRM bytes of the indirect call/jmp forms pv sites use: (mnemonic stem, SIB byte follows)
 _FAST_FORMS = {0x15: ("call", False), 0x25: ("jmp", False), 0x14: ("call", True),
                0x24: ("jmp", True)}

@@ -26,6 +26,7 @@ from pvpatch.checks import alternatives, clobbers, fit, sites, slots, static_cal
 from pvpatch.checks.context import BackendRun, Context
 from pvpatch.checks.model import Finding, finding, load_registry
 from pvpatch.cpu import DEFAULT, Cpu
+from pvpatch.disasm import preload
 from pvpatch.errors import UsageError
 from pvpatch.kernel.model import KernelModel
 from pvpatch.parallel import Stream
@@ -113,7 +114,9 @@ def run_checks(model: KernelModel, names: tuple[str, ...], vcpus: int,
     where the sites and caches are warm. A worker not needed (an image already patched) is
     stopped.
     """
-    _ = model.era
+    _ = model.era  # what this process and the workers read, read once before forking:
+    model.image.symbols.index_code()  # the code index (Xen's start-up code, the clobbers)
+    preload(model.image.bits)  # and capstone (~35 ms to load)
     with ExitStack() as stack:  # leaving stops a worker still running (after an error here)
         workers = [stack.enter_context(Stream([_resolver(model, name, vcpus, explicit,
                                                           options)]))

@@ -22,6 +22,7 @@ from pvpatch.cli.common import (
 )
 from pvpatch.cli.filters import filter_options, select_by_site, select_static
 from pvpatch.cpu import resolve_cpu
+from pvpatch.disasm import preload
 from pvpatch.errors import InputError, UsageError
 from pvpatch.image.bzimage import BootImage
 from pvpatch.image.loader import describe_input, is_elf
@@ -131,6 +132,7 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             # a worker process does that while this one reads the sites
             if backend != "native":
                 _ = model.era  # symbols, version, types, pv-op table: both sides read them
+                preload(model.image.bits)  # and both decode with capstone
             resolving = None if backend == "native" else stack.enter_context(
                 Stream([lambda: load_backend(model, backend, vcpus, options)]))
             patched = recognise(model)
