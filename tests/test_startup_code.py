@@ -199,3 +199,51 @@ def test_a_table_whose_btf_size_is_gigabytes_is_watched_at_its_slots_extent(tmp_
         assert m.pvops.main_size == honest
     r = run("apply", str(path), "--backend", "xen", "-o", str(tmp_path / "out"))
     assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr
+
+
+def _decoded_functions(path: str) -> list[object]:
+    """Every instruction of the functions Xen's start-up analysis decodes in ``path``."""
+    from pvpatch.kernel.stores import _decoder
+
+    with KernelModel.open(path) as m:
+        load_backend(m, "xen", 2)
+        reader = m.stores
+        out = []
+        for (address, size, _depth), _effects in reader._cache.items():
+            code = m.image.try_read(address, size or 4096)
+            out += list(_decoder(m.image.bits).disasm(code or b"", address))
+        return out
+
+
+def _holds_to_capstone(insns: list[object]) -> None:
+    from capstone import x86_const as X
+
+    from pvpatch.kernel.stores import _branch_target, _direct_target, _route
+
+    assert insns
+    for i in insns:
+        groups = i.groups
+        expected = "stop" if X.X86_GRP_RET in groups or i.id in (X.X86_INS_UD2, X.X86_INS_INT3) \
+            else "branch" if i.id in (X.X86_INS_CALL, X.X86_INS_JMP) or X.X86_GRP_JUMP in groups \
+            else "other"
+        assert _route(i) == expected, (hex(i.address), i.mnemonic, i.op_str)
+        if expected == "branch":
+            mask = (1 << 64) - 1
+            assert _branch_target(i, mask) == _direct_target(i, mask), (i.mnemonic, i.op_str)
+
+
+def test_branches_are_read_from_the_text_exactly_as_from_capstone_details():
+    """The start-up decoder routes instructions by id and reads a direct branch's target
+    from capstone's text, skipping the operand details: both must say what the details say."""
+    _holds_to_capstone(_decoded_functions(build(XEN_CODE=1)))
+
+
+@pytest.mark.realkernel
+def test_branches_of_real_start_up_code_are_read_as_capstone_reads_them():
+    from conftest import cached_kernels
+
+    kernels = [paths[0] for paths in cached_kernels().values()]
+    if not kernels:
+        pytest.skip("REAL-KERNEL TIER SKIPPED: no Debian amd64 vmlinux cached (make fetch)")
+    for path in kernels:
+        _holds_to_capstone(_decoded_functions(str(path)))

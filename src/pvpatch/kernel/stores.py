@@ -304,11 +304,11 @@ class StoreReader:
         _, X = _capstone()
         nxt = i.address + i.size
         text = _DECIMAL.sub(lambda m: f"${int(m.group(1)):#x}", f"{i.mnemonic} {i.op_str}".strip())
-        groups = i.groups
         base = dict(address=i.address, size=i.size, text=text)
-        if X.X86_GRP_RET in groups or i.id in (X.X86_INS_UD2, X.X86_INS_INT3):
+        route = _route(i)
+        if route == "stop":
             return Op(**base, succ=(), kind="nop")
-        if i.id in (X.X86_INS_CALL, X.X86_INS_JMP) or X.X86_GRP_JUMP in groups:
+        if route == "branch":
             return self._branch(i, base, nxt, ranges)
         ops = i.operands
         succ = (nxt,)
@@ -341,7 +341,7 @@ class StoreReader:
 
     def _branch(self, i: object, base: dict, nxt: int, ranges: list[tuple[int, int]]) -> Op:
         _, X = _capstone()
-        target = _direct_target(i, self.mask)
+        target = _branch_target(i, self.mask)
         inside = target is not None and any(lo <= target < hi for lo, hi in ranges)
         if i.id == X.X86_INS_CALL:
             name = self.code_name(target)
@@ -654,6 +654,34 @@ def _stores_off_stack(op_str: str) -> bool:
         return False
     base = dest[dest.index("(") + 1:].split(",")[0].rstrip(")")
     return base not in ("%rsp", "%rbp", "%esp", "%ebp")
+
+
+_ROUTES: dict[int, str] = {}  # capstone instruction id → "stop" | "branch" | "other"
+
+
+def _route(i: object) -> str:
+    """How :meth:`StoreReader._op` treats an instruction, by its id: "stop" (ret, ud2,
+    int3), "branch" (call, jmp and capstone's jump group), else "other". A property of the
+    id, learnt from capstone's groups once per id: asking for an instruction's groups makes
+    capstone build all its details (~35 µs), which a branch does not otherwise need."""
+    route = _ROUTES.get(i.id)
+    if route is None:
+        _, X = _capstone()
+        groups = i.groups
+        route = "stop" if X.X86_GRP_RET in groups or i.id in (X.X86_INS_UD2, X.X86_INS_INT3) \
+            else "branch" if i.id in (X.X86_INS_CALL, X.X86_INS_JMP) or X.X86_GRP_JUMP in groups \
+            else "other"
+        _ROUTES[i.id] = route
+    return route
+
+
+def _branch_target(i: object, mask: int) -> int | None:
+    """:func:`_direct_target`, read from the text where capstone prints the target alone as
+    a hex number (every direct near branch), without building the operand details."""
+    op = i.op_str
+    if op.startswith("0x") and len(op) > 2 and all(c in _HEX for c in op[2:]):
+        return int(op, 16) & mask
+    return _direct_target(i, mask)
 
 
 def _direct_target(i: object, mask: int) -> int | None:
