@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pvpatch.kernel.model import KernelModel
-from pvpatch.kernel.pvops import Slot
-
-if TYPE_CHECKING:  # start-up reading is imported only by the backends that run it
+if TYPE_CHECKING:  # annotations only: the names below are read by every command's options,
+    # before the model's modules are loaded (apply starts its copy first)
+    from pvpatch.kernel.model import KernelModel
+    from pvpatch.kernel.pvops import Slot
     from pvpatch.kernel.startup import StartupResult
 
 

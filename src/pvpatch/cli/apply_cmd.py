@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from pvpatch.backends import BACKENDS, VCPU_BACKENDS, load_backend
+from pvpatch.backends import BACKENDS, VCPU_BACKENDS
 from pvpatch.cli.common import (
     cpu_options,
     given,
@@ -22,18 +23,13 @@ from pvpatch.cli.common import (
 )
 from pvpatch.cli.filters import filter_options, select_by_site, select_static
 from pvpatch.cpu import resolve_cpu
-from pvpatch.disasm import preload
 from pvpatch.errors import InputError, UsageError
-from pvpatch.image.bzimage import BootImage
-from pvpatch.image.loader import describe_input, is_elf
-from pvpatch.kernel.model import KernelModel
+from pvpatch.image.elf import is_elf
 from pvpatch.outputs import OutputFiles
-from pvpatch.parallel import Stream
-from pvpatch.patch.plan import SitePatch, nop_choice, plan, read_ahead
-from pvpatch.patch.recognise import recognise
-from pvpatch.patch.writer import PatchedCopy, file_pokes
-from pvpatch.render.apply import patch_dict, per_op, plan_dict, render_sites, render_summary
-from pvpatch.render.static_calls import render_plan_sites
+from pvpatch.patch.writer import PatchedCopy
+
+if TYPE_CHECKING:
+    from pvpatch.patch.plan import SitePatch
 
 
 @click.command()
@@ -116,6 +112,18 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             # a bzImage once the vmlinux is out of it.
             copy = None if elf is None or not is_elf(vmlinux) else stack.enter_context(
                 PatchedCopy(vmlinux, elf, validated=False))
+            # the model's modules load while the kernel copies (~50 ms of imports)
+            from pvpatch.backends import load_backend
+            from pvpatch.disasm import preload
+            from pvpatch.image.bzimage import BootImage
+            from pvpatch.image.loader import describe_input
+            from pvpatch.kernel.model import KernelModel
+            from pvpatch.parallel import Stream
+            from pvpatch.patch.plan import nop_choice, plan, read_ahead
+            from pvpatch.patch.recognise import recognise
+            from pvpatch.patch.writer import file_pokes
+            from pvpatch.render.apply import plan_dict
+
             model = stack.enter_context(KernelModel.open(vmlinux, system_map=system_map,
                                                          btf=btf, progress=say_progress()))
             keep_until_exit(model)
@@ -162,6 +170,9 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
         if rep is not None:
             rep.write_text(json.dumps(report, indent=1))
         outs.commit()
+    from pvpatch.render.apply import render_sites, render_summary
+    from pvpatch.render.static_calls import render_plan_sites
+
     shown = select_by_site(p.patches, lambda x: x.site, ops, functions)
     if as_json:
         click.echo(json.dumps(report if shown is p.patches else
@@ -191,6 +202,8 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
 def narrowed(report: dict, shown: list[SitePatch], bits: int, ops: tuple[str, ...],
              functions: tuple[str, ...]) -> dict:
     """The report with only the selected sites in ``sites`` and ``ops`` (counts stay whole)."""
+    from pvpatch.render.apply import patch_dict, per_op
+
     return {**report, "selected": len(shown), "filter": {"op": list(ops), "function":
                                                          list(functions)},
             "ops": {op: dict(c) for op, c in sorted(per_op(shown).items())},

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from pvpatch.kernel.sites import Site
+if TYPE_CHECKING:
+    from pvpatch.kernel.sites import Site
 
 F = TypeVar("F", bound=Callable[..., object])
 T = TypeVar("T")

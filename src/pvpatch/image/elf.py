@@ -24,6 +24,15 @@ if TYPE_CHECKING:
     from pvpatch.image.symbols import SymbolTable
 
 
+def is_elf(path: str) -> bool:
+    """Does ``path`` start with the ELF magic? (Unreadable: no; opening it says why.)"""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Section:
     index: int

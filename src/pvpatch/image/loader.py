@@ -47,14 +47,6 @@ def open_image(path: str, *, system_map: str | None = None,
     return image
 
 
-def is_elf(path: str) -> bool:
-    """Does ``path`` start with the ELF magic (unreadable: no; opening it says why)?"""
-    try:
-        return _head(path)[:4] == b"\x7fELF"
-    except InputError:
-        return False
-
-
 def _head(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
