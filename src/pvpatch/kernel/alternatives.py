@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pvpatch.errors import InputError
 from pvpatch.image.elf import ElfImage
@@ -41,8 +42,9 @@ ALT_LAYOUTS = (
 )
 
 
-@dataclass(frozen=True)
-class AltEntry:
+class AltEntry(NamedTuple):
+    """One ``struct alt_instr``, addresses resolved (a tuple: ~10,000 per image are made)."""
+
     index: int
     instr: int  # address of the original instruction
     replacement: int
@@ -84,19 +86,22 @@ def read_alternatives(image: ElfImage, types: TypeSource | None) -> AltTable:
     if len(raw) % layout.size:
         raise InputError(f"{SECTION} is {len(raw)} bytes, not a multiple of the "
                          f"{layout.size}-byte {layout.name} record", image.path)
-    return AltTable(layout, reason, list(_entries(sec.addr, raw, layout)))
+    return AltTable(layout, reason, _entries(sec.addr, raw, layout))
 
 
-def _entries(base: int, raw: memoryview, layout: AltLayout):
-    feat = struct.Struct(layout.feature_fmt)
-    offs = struct.Struct("<ii")
-    for i, off in enumerate(range(0, len(raw) - layout.size + 1, layout.size)):
-        instr_off, repl_off = offs.unpack_from(raw, off)
-        word = feat.unpack_from(raw, off + 8)[0]
-        at = base + off
-        yield AltEntry(i, at + instr_off, at + 4 + repl_off, word & ~layout.not_flag & 0xFFFF,
-                       bool(word & layout.not_flag), bool(word & layout.direct_call_flag),
-                       raw[off + layout.len_off], raw[off + layout.len_off + 1])
+def _entries(base: int, raw: memoryview, layout: AltLayout) -> list[AltEntry]:
+    """Every record, unpacked in one pass of a struct made for the layout."""
+    feature_size = struct.calcsize(layout.feature_fmt)
+    record = struct.Struct(f"<ii{layout.feature_fmt[1:]}{'x' * (layout.len_off - 8 - feature_size)}"
+                           f"BB{'x' * (layout.size - layout.len_off - 2)}")
+    assert record.size == layout.size, layout
+    keep, inverted, direct = ~layout.not_flag & 0xFFFF, layout.not_flag, layout.direct_call_flag
+    size = layout.size
+    return [AltEntry(i, at + instr_off, at + 4 + repl_off, word & keep, bool(word & inverted),
+                     bool(word & direct), instrlen, repllen)
+            for i, (instr_off, repl_off, word, instrlen, repllen)
+            in enumerate(record.iter_unpack(raw[:len(raw) - len(raw) % size]))
+            for at in [base + i * size]]
 
 
 def _by_validation(image: ElfImage, base: int, raw: memoryview) -> tuple[AltLayout, str]:
