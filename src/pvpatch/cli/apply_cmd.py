@@ -139,7 +139,8 @@ def apply(vmlinux: str, output: str | None, backend: str, vcpus: int, dry_run: b
             # a guest backend reads its start-up code (Xen's: dozens of functions decoded):
             # a worker process does that while this one reads the sites
             if backend != "native":
-                _ = model.era  # symbols, version, types, pv-op table: both sides read them
+                _ = model.era, model.static_call_keys  # what both sides read: symbols,
+                # version, types, the pv-op table, the pv static-call keys
                 preload(model.image.bits)  # and both decode with capstone
             resolving = None if backend == "native" else stack.enter_context(
                 Stream([lambda: load_backend(model, backend, vcpus, options)]))
