@@ -39,11 +39,12 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
     explicit = backend is not None
     first = [c for c in configs if explicit or c.backend in FIRST]
     later = [c for c in configs if c not in first]
-    placement, expected, untried = _plan_with_placing(model, memory, text, first, where,
-                                                      explicit)
+    notes: list[str] = []
+    placement, expected, untried, read = _plan_with_placing(model, memory, text, first, where,
+                                                            explicit, notes)
     slide = placement.slide
-    notes = list(placement.notes)
-    pl, found = _found(model, where, placement, expected, notes)
+    notes[:0] = placement.notes
+    pl, found = read if read is not None else _found(model, where, placement, expected, notes)
     outcomes = [compare(pl, found, e, slide) for e in expected if not e.skipped]
     if later and not any(o.every_place for o in outcomes):
         more = _plan(model, later, where, explicit)
@@ -66,27 +67,29 @@ def verify(model: KernelModel, memory: MemoryImage, *, backend: str | None = Non
 
 
 def _plan_with_placing(model: KernelModel, memory: MemoryImage, text: bool,
-                       configs: list[Config], where: Places, explicit: bool
-                       ) -> tuple[Placement, list[Expected], list[Config]]:
+                       configs: list[Config], where: Places, explicit: bool, notes: list[str]
+                       ) -> tuple[Placement, list[Expected], list[Config],
+                                  tuple[list, list[bytes | None]] | None]:
     """Place the kernel in this process while a worker plans each backend's group, native's
     first; once native's plans are in and one matches every place, the others are not
     waited for (a Xen plan reads the start-up code and costs most): they are returned as
-    untried."""
+    untried, with the places and memory read for that match (not read again)."""
     groups = [g for g in _groups(configs) if g]
     with Stream([_planner(model, g, where, explicit) for g in groups]) as plans:
         placement = _place(model, memory, text)
         expected: list[Expected] = []
         for k, group in enumerate(groups):
             expected += next(plans)
-            if group[0].backend == "native" and k + 1 < len(groups) and \
-                    _matches_everywhere(model, where, placement, expected):
-                return placement, expected, [c for g in groups[k + 1:] for c in g]
-    return placement, _in_order(configs, expected), []
+            if group[0].backend == "native" and k + 1 < len(groups):
+                read = _found(model, where, placement, expected, notes)
+                if _matches_everywhere(read, placement, expected):
+                    return placement, expected, [c for g in groups[k + 1:] for c in g], read
+    return placement, _in_order(configs, expected), [], None
 
 
-def _matches_everywhere(model: KernelModel, where: Places, placement: Placement,
+def _matches_everywhere(read: tuple[list, list[bytes | None]], placement: Placement,
                         expected: list[Expected]) -> bool:
-    pl, found = _found(model, where, placement, expected, [])
+    pl, found = read
     return any(compare(pl, found, e, placement.slide).every_place
                for e in expected if not e.skipped)
 
