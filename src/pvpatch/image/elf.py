@@ -271,6 +271,7 @@ class ElfImage:
         return found
 
     _last_section: Section | None = None
+    _last_segment: Segment | None = None
 
     def _section_at(self, addr: int, length: int) -> Section | None:
         starts, secs = self._alloc_sections
@@ -294,9 +295,15 @@ class ElfImage:
         return [p for p in self.segments if p.type == L.PT_LOAD and p.filesz]
 
     def offset_of(self, addr: int, length: int = 1) -> int | None:
-        """File offset of virtual address ``addr`` if ``length`` bytes there are in the file."""
+        """File offset of virtual address ``addr`` if ``length`` bytes there are in the file.
+
+        The segment of the last answer is tried first: sites are read in address order."""
+        p = self._last_segment
+        if p is not None and p.vaddr <= addr and addr + length <= p.vaddr + p.filesz:
+            return p.offset + (addr - p.vaddr)
         for p in self._load_segments:
             if p.vaddr <= addr and addr + length <= p.vaddr + p.filesz:
+                self._last_segment = p
                 return p.offset + (addr - p.vaddr)
         if not self._load_segments:  # no program headers: fall back to allocated sections
             for s in self.sections:
